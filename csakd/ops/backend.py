@@ -1,0 +1,56 @@
+"""Backend selection. Models call `resolve(backend, example_tensor)` once per forward and use the returned
+object's `clra` and `csa` callables."""
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from typing import Callable
+
+import torch
+
+BACKENDS = ("reference", "triton", "cuda", "auto")
+_process_default: str | None = None
+
+
+def _check_name(name: str, arg: str = "backend") -> str:
+    if name not in BACKENDS:
+        raise ValueError(f"{arg}: expected one of {BACKENDS}, got {name!r}")
+    return name
+
+
+def set_backend(name: str) -> None:
+    """Process-wide default backend for models built with backend=None (overrides CSAKD_BACKEND)."""
+    global _process_default
+    _process_default = _check_name(name)
+
+
+def get_backend() -> str:
+    if _process_default is not None:
+        return _process_default
+    return _check_name(os.environ.get("CSAKD_BACKEND", "auto"), "CSAKD_BACKEND")
+
+
+@dataclass(frozen=True)
+class Backend:
+    name: str
+    clra: Callable
+    csa: Callable
+
+
+def _call_module(module, *args):
+    return module(*args)
+
+
+REFERENCE = Backend("reference", clra=_call_module, csa=_call_module)
+
+
+def available_backends(device: torch.device | str = "cpu") -> list[str]:
+    return ["reference"]
+
+
+def resolve(backend: str | None, example: torch.Tensor) -> Backend:
+    name = _check_name(backend) if backend is not None else get_backend()
+    if name in ("reference", "auto"):
+        return REFERENCE
+    raise ValueError(f"backend: {name!r} is not available in this build (no fast kernels are registered yet); "
+                     f"use 'reference' or 'auto'")

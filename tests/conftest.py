@@ -1,0 +1,24 @@
+import os
+
+import pytest
+import torch
+from hypothesis import HealthCheck, settings
+
+# Property tests: no per-example deadline (the Triton interpreter and first-call compilation are slow and
+# uneven); CI keeps the example counts modest, a GPU run ("gpu" profile) draws more and larger cases.
+settings.register_profile("ci", deadline=None, max_examples=25,
+                          suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
+settings.register_profile("gpu", deadline=None, max_examples=100,
+                          suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
+settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "ci"))
+
+torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))
+
+
+def pytest_collection_modifyitems(config, items):
+    if torch.cuda.is_available():
+        return
+    skip = pytest.mark.skip(reason="needs a CUDA device")
+    for item in items:
+        if "gpu" in item.keywords:
+            item.add_marker(skip)

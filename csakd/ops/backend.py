@@ -8,6 +8,8 @@ from typing import Callable
 
 import torch
 
+from .. import losses
+
 BACKENDS = ("reference", "triton", "cuda", "auto")
 _process_default: str | None = None
 
@@ -32,16 +34,22 @@ def get_backend() -> str:
 
 @dataclass(frozen=True)
 class Backend:
+    """Implementations of the three fast-path operations: `clra(module, x)`, `csa(module, x1, x2, x3, x4)`,
+    and the two training objectives with the signatures of `csakd.losses`."""
+
     name: str
     clra: Callable
     csa: Callable
+    teacher_objective: Callable
+    student_objective: Callable
 
 
 def _call_module(module, *args):
     return module(*args)
 
 
-REFERENCE = Backend("reference", clra=_call_module, csa=_call_module)
+REFERENCE = Backend("reference", clra=_call_module, csa=_call_module,
+                    teacher_objective=losses.teacher_objective, student_objective=losses.student_objective)
 
 
 def available_backends(device: torch.device | str = "cpu") -> list[str]:

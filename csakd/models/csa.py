@@ -19,6 +19,18 @@ def _proj(x: torch.Tensor, w: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     return F.conv2d(x, w[:, :, None, None], b)
 
 
+def attention_weights(x1, x2, params: dict[str, torch.Tensor], heads: int = 4) -> torch.Tensor:
+    """softmax_j(mean_n(q_i[n] k_j[n]) / sqrt(d)) per image and head: (B, heads, d, d)."""
+    b, _, h, w = x1.shape
+    n = h * w
+    q = _proj(x1, params["wq"], params["bq"])
+    d = q.shape[1] // heads
+    q = q.reshape(b, heads, d, n)
+    k = _proj(x2, params["wk"], params["bk"]).reshape(b, heads, d, n)
+    logits = torch.einsum("bhin,bhjn->bhij", q, k) / (n * math.sqrt(d))
+    return logits.softmax(dim=-1)
+
+
 def csa_reference(x1, x2, x3, x4, params: dict[str, torch.Tensor], mode: str = "attention",
                   heads: int = 4) -> torch.Tensor:
     """fused = w0*x1 + w1*x2 + w2*x3 + w3*att, w = sigmoid(Wg [x1, x2, x3, att] + bg).
@@ -36,10 +48,7 @@ def csa_reference(x1, x2, x3, x4, params: dict[str, torch.Tensor], mode: str = "
     d = v.shape[1] // heads
     v = v.reshape(b, heads, d, n)
     if mode == "attention":
-        q = _proj(x1, params["wq"], params["bq"]).reshape(b, heads, d, n)
-        k = _proj(x2, params["wk"], params["bk"]).reshape(b, heads, d, n)
-        logits = torch.einsum("bhin,bhjn->bhij", q, k) / (n * math.sqrt(d))
-        o = torch.einsum("bhij,bhjn->bhin", logits.softmax(dim=-1), v)
+        o = torch.einsum("bhij,bhjn->bhin", attention_weights(x1, x2, params, heads), v)
     elif mode == "reference":
         o = v.sum(dim=2, keepdim=True).expand(b, heads, d, n)
     else:

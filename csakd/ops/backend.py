@@ -56,6 +56,12 @@ def available_backends(device: torch.device | str = "cpu") -> list[str]:
     return ["reference"]
 
 
+def resolve_name(backend: str | None, device: torch.device | str) -> str:
+    """The concrete backend that `backend` (None: the process default) means on `device`."""
+    name = _check_name(backend) if backend is not None else get_backend()
+    return "reference" if name == "auto" else name
+
+
 def resolve(backend: str | None, example: torch.Tensor) -> Backend:
     name = _check_name(backend) if backend is not None else get_backend()
     if name in ("reference", "auto"):

@@ -1,6 +1,7 @@
 """csakd: hyperspectral super-resolution by fusing a low-resolution hyperspectral image with a
 high-resolution multispectral image (CSAKD, Hsu et al., IEEE TIP 2024)."""
 from .models import DTSNet, ModelConfig, Student, StudentLarge, Teacher, TeacherLarge, count_macs, create
+from .graphs import compile_for
 from .ops import available_backends, get_backend, set_backend
 
 __version__ = "0.1.0"
@@ -14,4 +15,4 @@ def load(path, backend: str | None = None):
 
 
 __all__ = ["DTSNet", "ModelConfig", "Student", "StudentLarge", "Teacher", "TeacherLarge", "available_backends",
-           "count_macs", "create", "get_backend", "load", "set_backend", "__version__"]
+           "compile_for", "count_macs", "create", "get_backend", "load", "set_backend", "__version__"]

@@ -1,0 +1,41 @@
+#!/usr/bin/env bash
+# One driver for a lent GPU machine (see /work/.library/device): build the extension there, run the whole test
+# suite on CUDA, then the benchmarks. Stages are chosen by arguments, e.g.
+#   bash bench/gpu_session.sh build tests bench
+# Everything is logged under $OUT (at most 8 files come back); CSAKD_COMMIT names the commit measured.
+set -uo pipefail
+OUT=${OUT:-/tmp/csakd-gpu}
+mkdir -p "$OUT"
+export PYTHONUNBUFFERED=1 HYPOTHESIS_PROFILE=${HYPOTHESIS_PROFILE:-gpu}
+log() { echo "=== $(date -u +%H:%M:%S) $*" | tee -a "$OUT/session.log"; }
+
+for stage in "$@"; do
+  case "$stage" in
+    env)
+      log env
+      { nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv
+        python3 -c "import torch, triton; print('torch', torch.__version__, 'cuda', torch.version.cuda, 'triton', triton.__version__)"
+      } 2>&1 | tee -a "$OUT/session.log" ;;
+    build)
+      log build
+      CSAKD_BUILD_CUDA=1 MAX_JOBS=16 python3 -m pip install --no-build-isolation --no-deps --no-index -e . \
+        >"$OUT/build.log" 2>&1; echo "build rc=$?" | tee -a "$OUT/session.log"
+      python3 -m csakd info 2>&1 | tee -a "$OUT/session.log" ;;
+    tests)
+      log tests
+      timeout "${TEST_TIMEOUT:-400}" python3 -m pytest -q -x -p no:cacheprovider --durations=15 tests \
+        >"$OUT/pytest.log" 2>&1; echo "pytest rc=$?" | tee -a "$OUT/session.log"
+      tail -n 25 "$OUT/pytest.log" ;;
+    latency)
+      log latency
+      python3 bench/latency.py --out "$OUT/latency_gpu.json" 2>&1 | tail -n 40 | tee -a "$OUT/session.log" ;;
+    kernels)
+      log kernels
+      for b in csa losses clrb; do
+        [ -f "bench/$b.py" ] && python3 "bench/$b.py" --out "$OUT/${b}_gpu.json" 2>&1 | tail -n 30 | tee -a "$OUT/session.log"
+      done ;;
+    *)
+      echo "unknown stage $stage" >&2; exit 2 ;;
+  esac
+done
+log done

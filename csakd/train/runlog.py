@@ -1,0 +1,89 @@
+"""What a run reports: a metrics log (JSONL and CSV, one row per evaluation, rewritten atomically), progress
+bars with loss and throughput, and optional TensorBoard scalars. Only the main process writes."""
+from __future__ import annotations
+
+import csv
+import io
+import json
+from pathlib import Path
+
+from tqdm.auto import tqdm
+
+from .checkpoint import atomic_write_text
+
+
+class _NoBar:
+    def update(self, n=1):
+        pass
+
+    def set_postfix(self, *args, **kwargs):
+        pass
+
+    def close(self):
+        pass
+
+
+class RunLog:
+    def __init__(self, run_dir: Path | None, enabled: bool = True, tensorboard: bool = False):
+        self.run_dir = run_dir if enabled else None
+        self.enabled = enabled
+        self.rows: list[dict] = self._read_rows()
+        self.writer = None
+        if tensorboard and self.run_dir is not None:
+            try:
+                from torch.utils.tensorboard import SummaryWriter
+            except ImportError:
+                raise ValueError("tensorboard: requested, but the 'tensorboard' package is not installed "
+                                 "(pip install tensorboard)") from None
+            self.writer = SummaryWriter(str(self.run_dir / "tensorboard"))
+
+    @property
+    def jsonl(self) -> Path | None:
+        return self.run_dir / "metrics.jsonl" if self.run_dir is not None else None
+
+    def _read_rows(self) -> list[dict]:
+        if self.jsonl is None or not self.jsonl.is_file():
+            return []
+        return [json.loads(line) for line in self.jsonl.read_text().splitlines() if line.strip()]
+
+    def truncate_after(self, step: int) -> None:
+        """Drops rows logged after `step` (work redone after a resume is logged again)."""
+        self.rows = [r for r in self.rows if r["step"] <= step]
+        self._write()
+
+    def append(self, row: dict) -> None:
+        self.rows.append(row)
+        self._write()
+        if self.writer is not None:
+            for key, value in row.items():
+                if key != "step" and isinstance(value, (int, float)):
+                    self.writer.add_scalar(key, value, row["step"])
+            self.writer.flush()
+
+    def _write(self) -> None:
+        if self.run_dir is None:
+            return
+        atomic_write_text(self.jsonl, "".join(json.dumps(r, sort_keys=True) + "\n" for r in self.rows))
+        columns = list(dict.fromkeys(k for r in self.rows for k in r))
+        buf = io.StringIO()
+        writer = csv.DictWriter(buf, fieldnames=columns, lineterminator="\n")
+        writer.writeheader()
+        writer.writerows(self.rows)
+        atomic_write_text(self.run_dir / "metrics.csv", buf.getvalue())
+
+    def progress(self, total: int, initial: int, desc: str, enabled: bool = True):
+        if not (self.enabled and enabled):
+            return _NoBar()
+        return tqdm(total=total, initial=initial, desc=desc, unit="batch", leave=False, dynamic_ncols=True)
+
+    def step(self, bar, step: int, losses: dict, samples_per_s: float) -> None:
+        bar.update(1)
+        bar.set_postfix({**{k: f"{v:.4f}" for k, v in losses.items()}, "img/s": f"{samples_per_s:.1f}"},
+                        refresh=False)
+        if self.writer is not None:
+            for name, value in losses.items():
+                self.writer.add_scalar(f"loss/{name}", value, step)
+
+    def close(self) -> None:
+        if self.writer is not None:
+            self.writer.close()

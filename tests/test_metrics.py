@@ -175,11 +175,12 @@ def test_constant_bands():
     pred[0, 1] = 0.5                       # constant band predicted as another constant
     target[0, 2] = pred[0, 2] = 1.3        # constant band predicted exactly
     per_band_psnr = 10 * math.log10(0.7 ** 2 / 0.2 ** 2)
-    assert math.isclose(peak_signal_noise_ratio(target[0, 1], pred[0, 1], data_range=0.7), per_band_psnr, rel_tol=RTOL)
+    assert math.isclose(peak_signal_noise_ratio(target[0, 1], pred[0, 1], data_range=0.7), per_band_psnr,
+                        rel_tol=RTOL)
     assert metrics.psnr(pred, target) == math.inf
     keep = [0, 1, 3]
-    np.testing.assert_allclose(metrics.psnr(pred[:, keep], target[:, keep]), psnr_oracle(pred[:, keep], target[:, keep]),
-                               rtol=RTOL)
+    np.testing.assert_allclose(metrics.psnr(pred[:, keep], target[:, keep]),
+                               psnr_oracle(pred[:, keep], target[:, keep]), rtol=RTOL)
     np.testing.assert_allclose(metrics.ssim(pred, target, reduction="none"), ssim_oracle(pred, target), rtol=RTOL)
     np.testing.assert_allclose(metrics.ergas(pred, target, 4, reduction="none"), ergas_oracle(pred, target, 4),
                                rtol=RTOL)
@@ -227,7 +228,8 @@ def test_integer_inputs_are_accepted():
 
 
 @pytest.mark.parametrize("bad,pattern", [
-    (dict(target=np.ones((1, 3, 12, 11))), r"target: expected the shape of pred \(1, 3, 12, 12\), got \(1, 3, 12, 11\)"),
+    (dict(target=np.ones((1, 3, 12, 11))),
+     r"target: expected the shape of pred \(1, 3, 12, 12\), got \(1, 3, 12, 11\)"),
     (dict(pred=np.ones((3, 12))), r"pred: expected a \(C, H, W\) or \(B, C, H, W\).*got shape \(3, 12\)"),
     (dict(pred=np.ones((1, 1, 3, 12, 12))), r"pred: expected .*got shape \(1, 1, 3, 12, 12\)"),
     (dict(pred=np.full((1, 3, 12, 12), np.nan)), r"pred: expected finite values"),

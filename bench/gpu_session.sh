@@ -18,7 +18,7 @@ for stage in "$@"; do
       } 2>&1 | tee -a "$OUT/session.log" ;;
     build)
       log build
-      CSAKD_BUILD_CUDA=1 MAX_JOBS=16 python3 -m pip install --no-build-isolation --no-deps --no-index -e . \
+      CSAKD_BUILD_CUDA=${CSAKD_BUILD_CUDA:-1} MAX_JOBS=16 python3 -m pip install --no-build-isolation --no-deps --no-index -e . \
         >"$OUT/build.log" 2>&1; echo "build rc=$?" | tee -a "$OUT/session.log"
       python3 -m csakd info 2>&1 | tee -a "$OUT/session.log" ;;
     tests)

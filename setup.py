@@ -60,7 +60,7 @@ def extension_build():
     if with_cuda:
         ext = cpp_extension.CUDAExtension(
             "csakd._C", CPU_SOURCES + CUDA_SOURCES, py_limited_api=True,
-            extra_compile_args={"cxx": cxx_flags + ["-DCSAKD_WITH_CUDA"], "nvcc": ["-O3", "-lineinfo"]})
+            extra_compile_args={"cxx": cxx_flags, "nvcc": ["-O3", "-lineinfo"]})
     else:
         ext = cpp_extension.CppExtension("csakd._C", CPU_SOURCES, py_limited_api=True,
                                          extra_compile_args={"cxx": cxx_flags})

@@ -76,7 +76,7 @@ void check_impl(const std::string& impl) {
 }
 
 TORCH_LIBRARY(csakd, m) {
-  m.def("clrb_forward(Tensor x, Tensor[] weights, Tensor[] biases, int groups, str impl=\"auto\") -> "
+  m.def("clrb_forward(Tensor x, Tensor[] weights, Tensor[] biases, int groups, str impl) -> "
         "(Tensor out, Tensor buffer)");
   m.def("clrb_backward(Tensor grad_out, Tensor buffer, Tensor[] weights, int groups) -> "
         "(Tensor grad_x, Tensor[] grad_weights, Tensor[] grad_biases)");

@@ -1,4 +1,4 @@
-"""What a training step sees: the epoch's sample order, crops and flips, and the input noise.
+"""What a training step sees: the epoch's sample order, crops and flips, and the seeds of the input noise.
 
 Every random choice is a pure function of (seed, epoch, sample index[, network]), so the data a run sees
 does not depend on how it was interrupted, on the number of DataLoader workers or (for the order) on the
@@ -97,9 +97,3 @@ class EpochSampler(Sampler):
     def __len__(self) -> int:
         return (self.batches_per_epoch - self.start_batch) * self.batch_size
 
-
-def add_noise(x: torch.Tensor, snr_db: float, gen: torch.Generator) -> torch.Tensor:
-    """AWGN at `snr_db` with the power measured over the whole batch tensor (SPEC §4)."""
-    noise = torch.randn(x.shape, generator=gen, dtype=torch.float32).to(device=x.device, dtype=x.dtype)
-    sigma = torch.sqrt(x.detach().square().mean() / 10 ** (snr_db / 10))
-    return x + noise * sigma

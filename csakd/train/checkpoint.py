@@ -27,6 +27,7 @@ def atomic_write_text(path, text: str) -> None:
             f.write(text)
             f.flush()
             os.fsync(f.fileno())
+        os.chmod(tmp, 0o644)  # mkstemp makes rw------- files
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
@@ -54,6 +55,7 @@ def write_checkpoint(path, models: dict, state: dict) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp"))
     try:
+        os.chmod(tmp, 0o755)  # mkdtemp makes rwx------ folders
         for name, model in models.items():
             save_model(model, tmp / f"{name}.safetensors")
         with open(tmp / STATE_FILE, "wb") as f:

@@ -23,6 +23,8 @@ class TrainConfig:
     "student": one network alone with the reconstruction objective; "offline": the student distils a frozen
     teacher loaded from `teacher_checkpoint`.
     `batch_size` is the global batch: under torchrun each of N processes takes batch_size / N samples.
+    `data` records where the training and validation data come from (see `csakd.train.data`), so that a run
+    can be resumed from its folder alone.
     Schedulers step once per epoch: the teacher's cosine reaches `eta_min` after `epochs`, the student's
     StepLR multiplies by `gamma` every `step_epochs`. `snr_db` None trains without input noise.
     """
@@ -57,6 +59,7 @@ class TrainConfig:
     teacher_checkpoint: str | None = None
     tensorboard: bool = False
     progress: bool = True
+    data: dict = field(default_factory=dict)
     losses: dict = field(default_factory=lambda: dataclasses.asdict(LossWeights()))
 
     def __post_init__(self):

@@ -10,7 +10,8 @@ import numpy as np
 import torch
 
 from .. import metrics
-from .batches import add_noise, as_chw, generator
+from ..data import add_awgn
+from .batches import as_chw, generator
 
 METRICS = ("psnr", "sam", "rmse", "ergas", "ssim")
 Predictor = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
@@ -52,24 +53,24 @@ def noisy_inputs(lr: torch.Tensor, msi: torch.Tensor, snr_db: float | None, nois
     if snr_db is None:
         return lr, msi
     gen = generator(seed, 4, int(round(snr_db * 1000)), index)
-    lr = add_noise(lr, snr_db, gen)
+    lr = add_awgn(lr, snr_db, gen)
     if noise_on == "both":
-        msi = add_noise(msi, snr_db, gen)
+        msi = add_awgn(msi, snr_db, gen)
     elif noise_on != "lr":
         raise ValueError(f"noise_on: expected 'lr' or 'both', got {noise_on!r}")
     return lr, msi
 
 
 def evaluate_dataset(method, dataset, device: torch.device | str = "cpu", amp: torch.dtype | None = None,
-                     snr_db: float | None = None, noise_on: str = "lr", seed: int = 0, scale: int | None = None,
-                     keep_predictions: bool = False) -> dict:
+                     snr_db: float | None = None, noise_on: str = "lr", seed: int = 0, keep_predictions: int = 0) -> dict:
     """Scores `method` (a network, or a predictor function such as a baseline) on every item of `dataset`.
 
-    Returns {"per_image": [{"name", metric: value, ...}], "mean": {metric: average}} and, with
-    `keep_predictions`, "predictions": the de-normalised (C, H, W) predictions in item order.
+    Returns {"per_image": [{"name", metric: value, ...}], "mean": {metric: average}, "band_psnr": PSNR per
+    band averaged over the images} and "predictions": the de-normalised (C, H, W) predictions of the first
+    `keep_predictions` items.
     """
     predict = network_predictor(method, device, amp) if isinstance(method, torch.nn.Module) else method
-    rows, predictions = [], []
+    rows, predictions, band_curves = [], [], []
     for index in range(len(dataset)):
         item = dataset[index]
         lr, msi, hr = (as_chw(k, item[k])[None] for k in ("lr_hsi", "hr_msi", "hr_hsi"))
@@ -77,15 +78,41 @@ def evaluate_dataset(method, dataset, device: torch.device | str = "cpu", amp: t
         pred = predict(lr, msi)
         lo, hi = _range(item)
         pred, hr = denormalise(pred, lo, hi), denormalise(hr, lo, hi)
-        s = scale if scale is not None else hr.shape[-1] // lr.shape[-1]
-        values = metrics.evaluate_all(pred, hr, scale=s)
+        values = metrics.evaluate_all(pred, hr, scale=hr.shape[-1] // lr.shape[-1])
         rows.append({"name": str(item.get("name", index)), **{k: values[k] for k in METRICS}})
-        if keep_predictions:
-            predictions.append(pred[0].float())
-    result = {"per_image": rows, "mean": {k: float(np.mean([r[k] for r in rows])) for k in METRICS}}
-    if keep_predictions:
-        result["predictions"] = predictions
-    return result
+        band_curves.append(band_psnr(pred[0], hr[0]))
+        if index < keep_predictions:
+            predictions.append(pred[0].float().numpy())
+    return {"per_image": rows, "mean": {k: float(np.mean([r[k] for r in rows])) for k in METRICS},
+            "band_psnr": np.mean(band_curves, axis=0).tolist(), "predictions": predictions}
+
+
+def band_psnr(pred: torch.Tensor, truth: torch.Tensor) -> np.ndarray:
+    """PSNR per band of one (C, H, W) image with the paper's peak (each band's ground-truth maximum)."""
+    mse = (pred.double() - truth.double()).square().mean(dim=(1, 2))
+    peak = truth.double().amax(dim=(1, 2))
+    return (10 * torch.log10(peak.square() / mse)).numpy()
+
+
+def ground_truths(dataset, count: int) -> list[np.ndarray]:
+    """The de-normalised (C, H, W) ground truth of the first `count` items."""
+    out = []
+    for index in range(min(count, len(dataset))):
+        item = dataset[index]
+        out.append(denormalise(as_chw("hr_hsi", item["hr_hsi"]), *_range(item)).float().numpy())
+    return out
+
+
+def evaluate_methods(methods: dict, dataset, snrs=None, noise_on: str = "lr", keep_predictions: int = 2,
+                     **kwargs) -> dict:
+    """Every method on `dataset` (noise-free), plus mean metrics at each SNR of `snrs` when given:
+    {name: {"per_image", "mean", "band_psnr", "predictions"[, "snr_sweep": {snr: mean metrics}]}}."""
+    results = {}
+    for name, method in methods.items():
+        results[name] = evaluate_dataset(method, dataset, keep_predictions=keep_predictions, **kwargs)
+        if snrs:
+            results[name]["snr_sweep"] = snr_sweep(method, dataset, snrs, noise_on, **kwargs)
+    return results
 
 
 def snr_sweep(method, dataset, snrs=(25, 30, 35, 40, 45), noise_on: str = "lr", **kwargs) -> dict:

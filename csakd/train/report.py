@@ -83,23 +83,16 @@ def plot_spectra(truth: np.ndarray, predictions: dict[str, np.ndarray], path,
     pixels = pixels or spectra_pixels(truth)
     x = np.asarray(wavelengths) if wavelengths is not None else np.arange(truth.shape[0])
     fig, axes = plt.subplots(1, len(pixels), figsize=(4.2 * len(pixels), 3.2), squeeze=False)
+    order = np.argsort(x, kind="stable")
     for ax, (i, j) in zip(axes[0], pixels):
-        ax.plot(x, truth[:, i, j], "k-", lw=2, label="ground truth")
+        ax.plot(x[order], truth[order, i, j], "k-", lw=2, label="ground truth")
         for name, pred in predictions.items():
-            ax.plot(x, pred[:, i, j], lw=1, label=name)
+            ax.plot(x[order], pred[order, i, j], lw=1, label=name)
         ax.set_title(f"pixel ({i}, {j})")
         ax.set_xlabel("wavelength (nm)" if wavelengths is not None else "band")
     axes[0, 0].set_ylabel("value")
     axes[0, -1].legend(fontsize=8)
     return _save(fig, path)
-
-
-def band_psnr(pred: np.ndarray, truth: np.ndarray) -> np.ndarray:
-    """PSNR per band with the paper's peak (the band's ground-truth maximum), in dB."""
-    mse = ((pred.astype(np.float64) - truth) ** 2).reshape(truth.shape[0], -1).mean(1)
-    peak = truth.reshape(truth.shape[0], -1).max(1).astype(np.float64)
-    with np.errstate(divide="ignore"):
-        return 10 * np.log10(peak ** 2 / mse)
 
 
 def plot_band_psnr(curves: dict[str, np.ndarray], path, wavelengths=None) -> Path:
@@ -108,7 +101,8 @@ def plot_band_psnr(curves: dict[str, np.ndarray], path, wavelengths=None) -> Pat
     fig, ax = plt.subplots(figsize=(6.4, 3.4))
     for name, values in curves.items():
         x = np.asarray(wavelengths) if wavelengths is not None else np.arange(len(values))
-        ax.plot(x, values, label=name)
+        order = np.argsort(x, kind="stable")  # AVIRIS centres are not monotonic where spectrometers overlap
+        ax.plot(x[order], np.asarray(values)[order], label=name)
     ax.set_xlabel("wavelength (nm)" if wavelengths is not None else "band")
     ax.set_ylabel("PSNR (dB)")
     ax.grid(alpha=0.3)
@@ -154,3 +148,53 @@ def markdown_table(rows: list[dict], columns: list[str], formats: dict[str, str]
                  for c in columns]
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)
+
+
+def _csv(path: Path, rows: list[dict]) -> None:
+    import csv
+    import io
+
+    from .checkpoint import atomic_write_text
+
+    columns = list(dict.fromkeys(k for r in rows for k in r))
+    buf = io.StringIO()
+    writer = csv.DictWriter(buf, fieldnames=columns, lineterminator="\n")
+    writer.writeheader()
+    writer.writerows(rows)
+    atomic_write_text(path, buf.getvalue())
+
+
+def write_evaluation(results: dict, out_dir, truths: list[np.ndarray], wavelengths=None, figures: bool = True,
+                     extra: dict | None = None) -> dict:
+    """Writes metrics.json (everything but the predictions), per_image.csv, summary.csv, snr_sweep.csv when
+    there is a sweep, and the figures (comparison, spectra, PSNR per band, metric vs SNR). `truths` are the
+    de-normalised ground truths of the images whose predictions `results` kept. Returns the figure paths."""
+    import json
+
+    from .checkpoint import atomic_write_text
+
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    payload = {name: {k: v for k, v in r.items() if k != "predictions"} for name, r in results.items()}
+    atomic_write_text(out / "metrics.json", json.dumps({**(extra or {}), "methods": payload}, indent=2,
+                                                       default=float))
+    _csv(out / "per_image.csv", [{"method": n, **row} for n, r in results.items() for row in r["per_image"]])
+    _csv(out / "summary.csv", [{"method": n, **r["mean"]} for n, r in results.items()])
+    sweeps = {n: r["snr_sweep"] for n, r in results.items() if "snr_sweep" in r}
+    if sweeps:
+        _csv(out / "snr_sweep.csv", [{"method": n, "snr_db": snr, **m} for n, s in sweeps.items()
+                                     for snr, m in s.items()])
+    paths = {}
+    if not figures:
+        return paths
+    fig_dir = out / "figures"
+    for k, truth in enumerate(truths):
+        preds = {n: r["predictions"][k] for n, r in results.items() if len(r["predictions"]) > k}
+        name = results[next(iter(results))]["per_image"][k]["name"]
+        paths[f"comparison_{k}"] = plot_comparison(truth, preds, fig_dir / f"comparison_{k}.png", title=name)
+        paths[f"spectra_{k}"] = plot_spectra(truth, preds, fig_dir / f"spectra_{k}.png", wavelengths=wavelengths)
+    paths["band_psnr"] = plot_band_psnr({n: np.asarray(r["band_psnr"]) for n, r in results.items()},
+                                        fig_dir / "band_psnr.png", wavelengths=wavelengths)
+    if sweeps:
+        paths["snr_sweep"] = plot_snr_sweep(sweeps, fig_dir / "snr_sweep.png")
+    return paths

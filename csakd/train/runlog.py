@@ -12,6 +12,9 @@ from tqdm.auto import tqdm
 from .checkpoint import atomic_write_text
 
 
+LEADING = ("epoch", "step", "time_s")
+
+
 class _NoBar:
     def update(self, n=1):
         pass
@@ -64,7 +67,8 @@ class RunLog:
         if self.run_dir is None:
             return
         atomic_write_text(self.jsonl, "".join(json.dumps(r, sort_keys=True) + "\n" for r in self.rows))
-        columns = list(dict.fromkeys(k for r in self.rows for k in r))
+        keys = {k for r in self.rows for k in r}
+        columns = [k for k in LEADING if k in keys] + sorted(keys - set(LEADING))
         buf = io.StringIO()
         writer = csv.DictWriter(buf, fieldnames=columns, lineterminator="\n")
         writer.writeheader()

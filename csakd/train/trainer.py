@@ -20,7 +20,8 @@ from torch.utils.data import DataLoader
 from .. import ops
 from ..models import create
 from . import distributed
-from .batches import EpochSampler, TrainingView, add_noise, derive_seed, generator
+from ..data import add_awgn
+from .batches import EpochSampler, TrainingView, derive_seed, generator
 from .checkpoint import NETWORKS, atomic_write_text, find_checkpoint, load_weights_into, read_state, \
     resolve_model_file, write_checkpoint
 from .config import TrainConfig
@@ -194,9 +195,9 @@ class Trainer:
         key = (cfg.seed, 3, self.state["epoch"], self.state["batch"], self.ctx.rank, NETWORK_ID[network])
         gen = generator(*key)
         if cfg.noise_on in ("lr", "both"):
-            lr = add_noise(lr, cfg.snr_db, gen)
+            lr = add_awgn(lr, cfg.snr_db, gen)
         if cfg.noise_on in ("msi", "both"):
-            msi = add_noise(msi, cfg.snr_db, gen)
+            msi = add_awgn(msi, cfg.snr_db, gen)
         return lr, msi
 
     def _check_finite(self, name: str, total: torch.Tensor, batch: dict) -> None:

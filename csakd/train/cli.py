@@ -1,0 +1,277 @@
+"""`csakd train` (also `python -m csakd.train`, which torchrun can launch for data-parallel training)."""
+from __future__ import annotations
+
+import argparse
+import time
+from pathlib import Path
+
+from ..losses import LossWeights
+from .config import MODES, NOISE_TARGETS, PRECISIONS, TrainConfig
+
+DEFAULTS = TrainConfig()
+LOSS_DEFAULTS = LossWeights()
+# What may change when a run is resumed: nothing that alters the computation.
+RESUMABLE_OVERRIDES = ("max_steps", "progress", "tensorboard", "device")
+
+
+def _snr(text: str):
+    if text.lower() in ("none", "off", "inf"):
+        return None
+    try:
+        return float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number of dB or 'none', got {text!r}") from None
+
+
+def add_data_arguments(parser: argparse.ArgumentParser, default_scenes: int = 16) -> None:
+    group = parser.add_argument_group("data")
+    group.add_argument("--data", default=None,
+                       help="training data: 'generated' (synthetic scenes made in memory by the embedded "
+                            "generator, the default) or a dataset folder written by `csakd synth`")
+    group.add_argument("--val-data", default=None,
+                       help="validation data, as --data (default with 'generated': other generated scenes; "
+                            "with a folder: its validation split if it has one)")
+    group.add_argument("--scenes", type=int, default=None,
+                       help=f"number of generated training scenes (default {default_scenes})")
+    group.add_argument("--val-scenes", type=int, default=None, help="number of generated validation scenes (default 4)")
+    group.add_argument("--scene-size", type=int, default=None,
+                       help="HR side of each generated scene in pixels (default 64)")
+    group.add_argument("--bands", type=int, default=None,
+                       help="hyperspectral bands of generated scenes (default 172, the paper's AVIRIS set)")
+    group.add_argument("--data-seed", type=int, default=None, help="seed of the first generated scene (default 0)")
+    group.add_argument("--degradation", default=None,
+                       help="JSON file of a DegradationSpec used to make LR-HSI and HR-MSI of generated scenes "
+                            "(default: the paper's Wald protocol, scale 4, PSF std 3, Landsat TM 1-4)")
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--config", default=None, help="JSON file of training settings (TrainConfig fields); "
+                                                      "options given on the command line override it")
+    parser.add_argument("--out", default=None, help="run folder to create (default runs/train-<date>-<time>)")
+    parser.add_argument("--resume", default=None, metavar="RUN",
+                        help="continue the run in this folder from its last checkpoint, with its saved settings")
+    add_data_arguments(parser)
+    g = parser.add_argument_group("training (defaults: the paper's protocol, SPEC §4)")
+    g.add_argument("--mode", choices=MODES, default=None,
+                   help="online: teacher and student co-trained with online distillation (default); teacher / "
+                        "student: one network alone; offline: student distilled from a frozen --teacher-checkpoint")
+    g.add_argument("--teacher", default=None, help=f"teacher preset (default {DEFAULTS.teacher!r})")
+    g.add_argument("--student", default=None, help=f"student preset (default {DEFAULTS.student!r})")
+    g.add_argument("--csa", choices=("attention", "reference", "sum"), default=None,
+                   help="CSA fusion mode of both networks (default 'attention')")
+    g.add_argument("--epochs", type=int, default=None, help=f"epochs (default {DEFAULTS.epochs})")
+    g.add_argument("--max-steps", type=int, default=None,
+                   help="stop after this many optimizer steps in total (default: no limit)")
+    g.add_argument("--batch-size", type=int, default=None,
+                   help=f"global batch size, split over torchrun processes (default {DEFAULTS.batch_size})")
+    g.add_argument("--crop", type=int, default=None,
+                   help=f"side of the random HR training crop in pixels (default {DEFAULTS.crop})")
+    g.add_argument("--no-augment", action="store_true", default=None,
+                   help="no random flips and rot90 (crops stay random)")
+    g.add_argument("--lr-teacher", type=float, default=None,
+                   help=f"teacher AdamW learning rate (default {DEFAULTS.lr_teacher:g})")
+    g.add_argument("--lr-student", type=float, default=None,
+                   help=f"student AdamW learning rate (default {DEFAULTS.lr_student:g})")
+    g.add_argument("--weight-decay", type=float, default=None, help="AdamW weight decay (default 0)")
+    g.add_argument("--eta-min", type=float, default=None,
+                   help=f"final learning rate of the teacher's cosine schedule (default {DEFAULTS.eta_min:g})")
+    g.add_argument("--step-epochs", type=int, default=None,
+                   help=f"epochs between student learning-rate decays (default {DEFAULTS.step_epochs})")
+    g.add_argument("--gamma", type=float, default=None,
+                   help=f"student learning-rate decay factor (default {DEFAULTS.gamma})")
+    g.add_argument("--snr-db", type=_snr, default=argparse.SUPPRESS,
+                   help="SNR in dB of the AWGN added to the training inputs, or 'none' (default 35)")
+    g.add_argument("--noise-on", choices=NOISE_TARGETS, default=None,
+                   help="which training input gets the noise (default 'lr', the LR-HSI)")
+    g.add_argument("--grad-clip", type=float, default=None, help="clip gradient norms to this value (default off)")
+    g.add_argument("--precision", choices=PRECISIONS, default=None,
+                   help="autocast precision: 'auto' is bf16 on GPU and fp32 on CPU (default 'auto')")
+    g.add_argument("--backend", default=None,
+                   help="kernels of models and losses: reference, triton, cuda or auto (default 'auto')")
+    g.add_argument("--device", default=None, help="cpu, cuda, cuda:N or auto (default 'auto')")
+    g.add_argument("--seed", type=int, default=None, help=f"run seed (default {DEFAULTS.seed})")
+    g.add_argument("--val-every", type=int, default=None,
+                   help=f"validate every this many epochs (default {DEFAULTS.val_every})")
+    g.add_argument("--ckpt-every", type=int, default=None,
+                   help="also write the last checkpoint every this many steps (default 0: at epoch ends only)")
+    g.add_argument("--teacher-checkpoint", default=None,
+                   help="teacher weights for --mode offline: a .safetensors file or a run folder")
+    g.add_argument("--tensorboard", action="store_true", default=None,
+                   help="also log scalars for TensorBoard under RUN/tensorboard (needs the tensorboard package)")
+    g.add_argument("--no-progress", action="store_true", default=None, help="no progress bars")
+    lg = parser.add_argument_group("loss weights and forms (SPEC §3)")
+    lg.add_argument("--loss-beba", type=float, default=None, help=f"BEBA weight (default {LOSS_DEFAULTS.beba})")
+    lg.add_argument("--loss-sam", type=float, default=None, help=f"SAM weight (default {LOSS_DEFAULTS.sam})")
+    lg.add_argument("--loss-kd", type=float, default=None, help=f"KD weight (default {LOSS_DEFAULTS.kd})")
+    lg.add_argument("--loss-teacher-rec", type=float, default=None,
+                    help=f"weight of the student's reconstruction of the teacher output "
+                         f"(default {LOSS_DEFAULTS.teacher_rec})")
+    lg.add_argument("--rec", choices=("smooth_l1", "l1"), default=None,
+                    help="reconstruction loss (default 'smooth_l1', the released scripts' 'L1')")
+    lg.add_argument("--sam-form", choices=("paper", "reference"), default=None, help="SAM loss form (default 'paper')")
+    lg.add_argument("--beba-form", choices=("paper", "reference"), default=None,
+                    help="BEBA loss form (default 'reference')")
+
+
+_FIELDS = {"mode": "mode", "teacher": "teacher", "student": "student", "csa": "csa", "epochs": "epochs",
+           "max_steps": "max_steps", "batch_size": "batch_size", "crop": "crop", "lr_teacher": "lr_teacher",
+           "lr_student": "lr_student", "weight_decay": "weight_decay", "eta_min": "eta_min",
+           "step_epochs": "step_epochs", "gamma": "gamma", "noise_on": "noise_on", "grad_clip": "grad_clip",
+           "precision": "precision", "backend": "backend", "device": "device", "seed": "seed",
+           "val_every": "val_every", "ckpt_every": "ckpt_every", "teacher_checkpoint": "teacher_checkpoint",
+           "tensorboard": "tensorboard"}
+_LOSS_FIELDS = {"loss_beba": "beba", "loss_sam": "sam", "loss_kd": "kd", "loss_teacher_rec": "teacher_rec",
+                "rec": "rec", "sam_form": "sam_form", "beba_form": "beba_form"}
+_DATA_OPTIONS = ("data", "val_data", "scenes", "val_scenes", "scene_size", "bands", "data_seed", "degradation")
+
+
+def overrides_from_args(args) -> dict:
+    """The TrainConfig fields set on the command line."""
+    out = {field: getattr(args, opt) for opt, field in _FIELDS.items() if getattr(args, opt, None) is not None}
+    if getattr(args, "no_augment", None):
+        out["augment"] = False
+    if getattr(args, "no_progress", None):
+        out["progress"] = False
+    if "snr_db" in vars(args):  # given on the command line ('none' is a value)
+        out["snr_db"] = args.snr_db
+    losses = {field: getattr(args, opt) for opt, field in _LOSS_FIELDS.items() if getattr(args, opt, None) is not None}
+    if losses:
+        out["losses"] = losses
+    return out
+
+
+def data_sources(args, defaults: dict | None = None) -> dict:
+    """{"train": source, "val": source or None} from the data options (see `csakd.train.data.open_source`)."""
+    import json
+
+    defaults = defaults or {}
+    opt = {k: getattr(args, k, None) for k in _DATA_OPTIONS}
+    degradation = None
+    if opt["degradation"] is not None:
+        path = Path(opt["degradation"])
+        if not path.is_file():
+            raise FileNotFoundError(f"degradation: no such file {str(path)!r}")
+        degradation = json.loads(path.read_text())
+
+    def generated(count, seed):
+        return {"kind": "generated", "count": count, "size": opt["scene_size"] or defaults.get("size", 64),
+                "bands": opt["bands"] or defaults.get("bands", 172), "seed": seed, "degradation": degradation}
+
+    train_kind = opt["data"] or "generated"
+    seed = opt["data_seed"] if opt["data_seed"] is not None else 0
+    n_train = opt["scenes"] or defaults.get("scenes", 16)
+    if train_kind == "generated":
+        train = generated(n_train, seed)
+    else:
+        train = _folder(train_kind, "train")
+    val_kind = opt["val_data"] or ("generated" if train_kind == "generated" else None)
+    if val_kind == "generated":
+        # Held-out scenes: seeds after the training scenes'.
+        val = generated(opt["val_scenes"] or defaults.get("val_scenes", 4), seed + n_train)
+    elif val_kind is not None:
+        val = _folder(val_kind, "val")
+    else:
+        val = _folder(train_kind, "val", required=False)
+    return {"train": train, "val": val}
+
+
+def _folder(path: str, split: str, required: bool = True) -> dict | None:
+    folder = Path(path)
+    if not folder.exists():
+        if required:
+            raise FileNotFoundError(f"data: no such dataset folder {path!r} (or use 'generated')")
+        return None
+    return {"kind": "folder", "path": str(folder.resolve()), "split": split}
+
+
+def _open(sources: dict):
+    from .data import open_source
+
+    train, degradation = open_source(sources["train"])
+    val = None
+    if sources.get("val") is not None:
+        try:
+            val, _ = open_source(sources["val"])
+        except (ValueError, FileNotFoundError):
+            if sources["val"].get("kind") == "folder" and sources["val"].get("split") == "val":
+                val = None  # the folder has no validation split
+            else:
+                raise
+    return train, val, degradation
+
+
+def _given_data_options(args) -> list[str]:
+    return [k for k in _DATA_OPTIONS if getattr(args, k, None) is not None]
+
+
+def run(args) -> int:
+    from .data import shapes
+    from .trainer import Trainer
+
+    overrides = overrides_from_args(args)
+    if args.resume:
+        run_dir = Path(args.resume)
+        config = TrainConfig.load(run_dir / "config.json")
+        changed = sorted(k for k in overrides if k not in RESUMABLE_OVERRIDES and overrides[k] != getattr(config, k))
+        if changed or args.config or _given_data_options(args):
+            raise ValueError(f"resume: the run's saved settings are used; expected only "
+                             f"{', '.join('--' + k.replace('_', '-') for k in RESUMABLE_OVERRIDES)}, got changes "
+                             f"to {changed + _given_data_options(args) + (['config'] if args.config else [])}")
+        config = config.replace(**{k: v for k, v in overrides.items() if k in RESUMABLE_OVERRIDES})
+        train, val, degradation = _open(config.data)
+    else:
+        base = TrainConfig.load(args.config).to_dict() if args.config else {}
+        losses = {**base.get("losses", DEFAULTS.losses), **overrides.pop("losses", {})}
+        sources = data_sources(args) if (_given_data_options(args) or "data" not in base or not base["data"]) \
+            else base["data"]
+        train, val, degradation = _open(sources)
+        bands, msi_bands, scale = shapes(train)
+        config = TrainConfig.from_dict({**base, **overrides, "losses": losses, "data": sources, "bands": bands,
+                                        "msi_bands": msi_bands, "scale": scale})
+        run_dir = Path(args.out) if args.out else Path("runs") / time.strftime("train-%Y%m%d-%H%M%S")
+    trainer = Trainer(config, train, val, run_dir=run_dir, degradation=degradation, resume=bool(args.resume))
+    if trainer.ctx.is_main:
+        print(f"run folder: {run_dir}")
+    try:
+        summary = trainer.fit()
+    finally:
+        trainer.shutdown()
+    if trainer.ctx.is_main:
+        best = summary["best"]
+        best_text = f"; best {best['metric']} {best['value']:.3f} at step {best['step']}" if best else ""
+        print(f"done: {summary['step']} steps, {summary['epoch']} epochs{best_text}; checkpoints in {run_dir}")
+    return 0
+
+
+def build_parser(parser: argparse.ArgumentParser | None = None) -> argparse.ArgumentParser:
+    parser = parser or argparse.ArgumentParser(prog="python -m csakd.train", description=DESCRIPTION)
+    add_arguments(parser)
+    parser.set_defaults(func=run)
+    return parser
+
+
+DESCRIPTION = ("Train a CSAKD teacher and student with online knowledge distillation (or one network alone, or "
+               "a student distilled from a frozen teacher). Writes a run folder with the resolved config, the "
+               "degradation spec, metrics.jsonl/csv and the last/best checkpoints; --resume RUN continues it. "
+               "Launch with `torchrun --nproc-per-node N -m csakd.train ...` for data-parallel training.")
+
+
+def register(subparsers) -> None:
+    parser = subparsers.add_parser("train", help="train teacher and student (online distillation)",
+                                   description=DESCRIPTION)
+    build_parser(parser)
+
+
+def main(argv=None) -> int:
+    import sys
+
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        return run(args)
+    except (ValueError, FileNotFoundError, RuntimeError) as exc:
+        print(f"csakd train: error: {exc}", file=sys.stderr)
+        return 2
+
+
+__all__ = ["add_arguments", "add_data_arguments", "build_parser", "data_sources", "main", "register", "run"]

@@ -1,7 +1,19 @@
-"""Backend selection. Models call `resolve(backend, example_tensor)` once per forward and use the returned
-object's `clra` and `csa` callables."""
+"""Backend selection: the one place that decides which implementation runs the CLRAs, the CSA fusion and the
+training objectives. Models call `resolve(backend, example_tensor)` on each forward (cached per device type
+and dtype) and use the returned object's callables.
+
+    reference  plain PyTorch (csakd.models, csakd.losses): the oracle, runs everywhere
+    triton     fused Triton CSA and losses (csakd.kernels); CLRAs stay on the reference path
+    cuda       the C++/CUDA CLRB extension (csakd._C) for the CLRAs, plus the Triton CSA and losses on a GPU
+    auto       the fastest available for the device and dtype (logged once with the reason)
+
+On a CPU, "triton" runs the kernels in the Triton interpreter (slow; for tests) and only when
+TRITON_INTERPRET=1 is set; "cuda" runs the extension's C++ CPU implementation.
+"""
 from __future__ import annotations
 
+import functools
+import logging
 import os
 from dataclasses import dataclass
 from typing import Callable
@@ -10,7 +22,10 @@ import torch
 
 from .. import losses
 
+log = logging.getLogger("csakd.ops")
+
 BACKENDS = ("reference", "triton", "cuda", "auto")
+TRITON_DTYPES = (torch.float32, torch.bfloat16, torch.float16)
 _process_default: str | None = None
 
 
@@ -52,19 +67,116 @@ REFERENCE = Backend("reference", clra=_call_module, csa=_call_module,
                     teacher_objective=losses.teacher_objective, student_objective=losses.student_objective)
 
 
-def available_backends(device: torch.device | str = "cpu") -> list[str]:
-    return ["reference"]
+# ---- availability: None when usable, else the reason -------------------------------------------------------
+
+def _interpreting() -> bool:
+    return os.environ.get("TRITON_INTERPRET", "0") == "1"
 
 
-def resolve_name(backend: str | None, device: torch.device | str) -> str:
-    """The concrete backend that `backend` (None: the process default) means on `device`."""
-    name = _check_name(backend) if backend is not None else get_backend()
-    return "reference" if name == "auto" else name
+def triton_missing(device_type: str, dtype: torch.dtype) -> str | None:
+    try:
+        import triton  # noqa: F401
+    except ImportError:
+        return "Triton is not installed (pip install triton)"
+    if device_type != "cuda" and not _interpreting():
+        return (f"the Triton kernels need a CUDA GPU (device is {device_type}; set TRITON_INTERPRET=1 before "
+                f"importing csakd to run them slowly in the interpreter)")
+    if device_type == "cuda" and not torch.cuda.is_available():
+        return "no CUDA GPU is visible"
+    if dtype not in TRITON_DTYPES:
+        return f"the Triton kernels take float32, bfloat16 or float16, not {dtype}"
+    return None
+
+
+def extension_missing(device_type: str, dtype: torch.dtype) -> str | None:
+    from . import clrb
+
+    if clrb.LOAD_ERROR is not None:
+        return clrb.LOAD_ERROR
+    if not clrb.is_available(device_type):
+        return (f"the C++ extension was built without {device_type.upper()} support "
+                f"(rebuild on a machine with CUDA, CSAKD_BUILD_CUDA=1)")
+    return None
+
+
+def available_backends(device: torch.device | str = "cpu", dtype: torch.dtype = torch.float32) -> list[str]:
+    device_type = torch.device(device).type
+    names = ["reference"]
+    if triton_missing(device_type, dtype) is None:
+        names.append("triton")
+    if extension_missing(device_type, dtype) is None:
+        names.append("cuda")
+    return names
+
+
+# ---- construction --------------------------------------------------------------------------------------------
+
+def _triton_parts():
+    from ..kernels import csa as csa_kernels
+    from ..kernels import losses as loss_kernels
+
+    def csa(module, x1, x2, x3, x4):
+        if module.mode == "sum":
+            return module(x1, x2, x3, x4)
+        return csa_kernels.csa_fuse(x1, x2, x3, x4, module.params(), module.mode, module.heads)
+
+    return dict(csa=csa, teacher_objective=loss_kernels.teacher_objective,
+                student_objective=loss_kernels.student_objective)
+
+
+def _extension_clra():
+    from . import clrb
+
+    return clrb.clra_module
+
+
+def _auto_choice(device_type: str, dtype: torch.dtype) -> tuple[str, str]:
+    """(backend, reason) that "auto" means for this device and dtype."""
+    no_ext = extension_missing(device_type, dtype)
+    if device_type == "cuda":
+        no_triton = triton_missing(device_type, dtype)
+        if no_ext is None:
+            return "cuda", "CUDA CLRB extension" + ("" if no_triton else " with the Triton CSA and losses")
+        if no_triton is None:
+            return "triton", f"Triton CSA and losses; CLRAs on the reference path because {no_ext}"
+        return "reference", f"no fast path: {no_ext}; {no_triton}"
+    # On a CPU the extension's C++ op calls the same ATen convolutions as the eager path (it only saves the
+    # concatenations), so "auto" keeps the reference path there; ask for "cuda" to use it.
+    return "reference", "plain PyTorch on the CPU" + (f" ({no_ext})" if no_ext else "")
+
+
+@functools.lru_cache(maxsize=None)
+def _build(name: str, device_type: str, dtype: torch.dtype, interpreting: bool) -> Backend:
+    if name == "auto":
+        name, reason = _auto_choice(device_type, dtype)
+        log.info("csakd backend 'auto' on %s/%s: %s (%s)", device_type, str(dtype).replace("torch.", ""),
+                 name, reason)
+    if name == "reference":
+        return REFERENCE
+    if name == "triton":
+        missing = triton_missing(device_type, dtype)
+        if missing:
+            raise ValueError(f"backend: 'triton' is not available: {missing}")
+        return Backend("triton", clra=_call_module, **_triton_parts())
+    missing = extension_missing(device_type, dtype)
+    if missing:
+        raise ValueError(f"backend: 'cuda' is not available: {missing}")
+    parts = dict(csa=_call_module, teacher_objective=losses.teacher_objective,
+                 student_objective=losses.student_objective)
+    if triton_missing(device_type, dtype) is None:
+        parts = _triton_parts()
+    return Backend("cuda", clra=_extension_clra(), **parts)
 
 
 def resolve(backend: str | None, example: torch.Tensor) -> Backend:
+    """The implementation set for `backend` (None: the process default) on `example`'s device and dtype."""
     name = _check_name(backend) if backend is not None else get_backend()
-    if name in ("reference", "auto"):
-        return REFERENCE
-    raise ValueError(f"backend: {name!r} is not available in this build (no fast kernels are registered yet); "
-                     f"use 'reference' or 'auto'")
+    return _build(name, example.device.type, example.dtype, _interpreting())
+
+
+def resolve_name(backend: str | None, device: torch.device | str, dtype: torch.dtype = torch.float32) -> str:
+    """The concrete backend that `backend` (None: the process default) means on `device`."""
+    name = _check_name(backend) if backend is not None else get_backend()
+    if name == "auto":
+        return _auto_choice(torch.device(device).type, dtype)[0]
+    return name

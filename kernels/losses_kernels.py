@@ -328,7 +328,9 @@ def _kd_forward_kernel(x_ptr, t_ptr, out_ptr, n, ACC: tl.constexpr, BLOCK: tl.co
         m = offs < n
         x = tl.load(x_ptr + offs, mask=m, other=0.0).to(ACC)
         z = tl.sigmoid(tl.load(t_ptr + offs, mask=m, other=0.0).to(ACC))
-        loss = tl.maximum(x, 0.0) - x * z + tl.log(1.0 + tl.exp(-tl.abs(x)))
+        e = tl.exp(-tl.abs(x))
+        # log1p(e): the series where 1 + e would round e away (confident logits)
+        loss = tl.maximum(x, 0.0) - x * z + tl.where(e < 1e-4, e * (1.0 - 0.5 * e), tl.log(1.0 + e))
         acc += tl.where(m, loss, 0.0)
     tl.atomic_add(out_ptr, tl.sum(acc, 0) / n)
 

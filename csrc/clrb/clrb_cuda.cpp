@@ -69,6 +69,7 @@ void check_launch(cudaError_t err, const char* kernel, int64_t conv) {
 std::tuple<at::Tensor, at::Tensor> forward_kernels(const at::Tensor& x_in, at::TensorList weights,
                                                    at::TensorList biases, const ClrbShape& s, bool mma) {
   const c10::cuda::CUDAGuard guard(x_in.device());
+  at::AutoDispatchBelowADInplaceOrView below_autograd;  // autograd is the op's own (registered from Python)
   const cudaStream_t stream = c10::cuda::getCurrentCUDAStream(x_in.device().index()).stream();
   const auto x = x_in.contiguous();
   const int64_t plane = s.height * s.width, elem = x.element_size();

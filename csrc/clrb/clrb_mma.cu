@@ -14,6 +14,8 @@
 //
 // The epilogue adds the bias and applies the LReLU (conv_1..4, stored into the buffer slot) or the residual
 // (conv_5), see clrb_device.cuh.
+#include <atomic>
+
 #include "clrb_device.cuh"
 
 namespace csakd_cuda {
@@ -239,8 +241,18 @@ cudaError_t launch_dense(const csakd_conv_args& a, cudaStream_t stream) {
   constexpr int smem = smem_bytes<kMTiles>();
   auto kernel = dense_conv_kernel<T, kMTiles>;
   if (smem > 48 * 1024) {
-    const cudaError_t err = cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, smem);
+    // Raising the dynamic shared-memory limit once per device keeps the launch path free of attribute calls
+    // (so it can be captured into a CUDA graph after a first eager call).
+    static std::atomic<unsigned long long> raised{0};
+    int device = 0;
+    cudaError_t err = cudaGetDevice(&device);
     if (err != cudaSuccess) return err;
+    const unsigned long long bit = 1ull << (device & 63);
+    if (!(raised.load() & bit)) {
+      err = cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, smem);
+      if (err != cudaSuccess) return err;
+      raised.fetch_or(bit);
+    }
   }
   const unsigned tiles = static_cast<unsigned>((a.width + kTile - 1) / kTile) *
                          static_cast<unsigned>((a.height + kTile - 1) / kTile);

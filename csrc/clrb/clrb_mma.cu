@@ -15,6 +15,7 @@
 // The epilogue adds the bias and applies the LReLU (conv_1..4, stored into the buffer slot) or the residual
 // (conv_5), see clrb_device.cuh.
 #include <atomic>
+#include <type_traits>
 
 #include "clrb_device.cuh"
 
@@ -79,28 +80,22 @@ __device__ __forceinline__ void cp_async_wait_all() {
 #endif
 }
 
-// d += A (16x16, row) * B (16x8, col) with fp32 accumulators.
-template <typename T> __device__ __forceinline__ void mma_16816(float (&d)[4], const unsigned (&a)[4], unsigned b0,
-                                                                 unsigned b1);
-template <>
-__device__ __forceinline__ void mma_16816<__nv_bfloat16>(float (&d)[4], const unsigned (&a)[4], unsigned b0,
-                                                         unsigned b1) {
+// d += A (16x16, row) * B (16x8, col) with fp32 accumulators; AB names the input type in the PTX mnemonic.
+#define CSAKD_MMA_16816(AB)                                                                                     \
+  asm volatile("mma.sync.aligned.m16n8k16.row.col.f32." AB "." AB ".f32 {%0, %1, %2, %3}, {%4, %5, %6, %7}, "    \
+               "{%8, %9}, {%0, %1, %2, %3};\n"                                                                  \
+               : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3])                                                 \
+               : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1))
+
+template <typename T>
+__device__ __forceinline__ void mma_16816(float (&d)[4], const unsigned (&a)[4], unsigned b0, unsigned b1) {
 #ifdef CSAKD_HAS_MMA
-  asm volatile(
-      "mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 {%0, %1, %2, %3}, {%4, %5, %6, %7}, {%8, %9}, "
-      "{%0, %1, %2, %3};\n"
-      : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3])
-      : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
-#endif
-}
-template <>
-__device__ __forceinline__ void mma_16816<__half>(float (&d)[4], const unsigned (&a)[4], unsigned b0, unsigned b1) {
-#ifdef CSAKD_HAS_MMA
-  asm volatile(
-      "mma.sync.aligned.m16n8k16.row.col.f32.f16.f16.f32 {%0, %1, %2, %3}, {%4, %5, %6, %7}, {%8, %9}, "
-      "{%0, %1, %2, %3};\n"
-      : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3])
-      : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
+  if constexpr (std::is_same_v<T, __nv_bfloat16>) {
+    CSAKD_MMA_16816("bf16");
+  } else {
+    static_assert(std::is_same_v<T, __half>, "mma_16816 takes bf16 or fp16");
+    CSAKD_MMA_16816("f16");
+  }
 #endif
 }
 

@@ -41,8 +41,7 @@ typedef struct {
  * (the g = 43 CLRB: 2..6 inputs, 1..2 outputs per group). */
 cudaError_t csakd_clrb_direct_conv(const csakd_conv_args* args, cudaStream_t stream);
 
-/* Tensor-core implicit-GEMM 3x3 conv for groups = 1 in bf16/fp16 (fp32 accumulation), cout <= 96. */
-#define CSAKD_CLRB_MMA_MAX_COUT 96
+/* Tensor-core implicit-GEMM 3x3 conv for groups = 1 in bf16/fp16 (fp32 accumulation). */
 cudaError_t csakd_clrb_mma_conv(const csakd_conv_args* args, cudaStream_t stream);
 
 /* Elements of the packed weight of one conv (zero-padded to 16 input and 16 output channels, tiled by 16 input

@@ -1,8 +1,9 @@
 // Dense (groups = 1) 3x3 convolution of one CLRB stage on tensor cores, bf16/fp16 in, fp32 accumulation.
 //
 // Implicit GEMM per block: D[co][pixel] = sum over (ci, tap) of W[co][ci][tap] * X[ci][pixel + tap offset] for a
-// 16x16 pixel tile and every output channel (cout padded to a multiple of 16: 43 -> 48, 86 -> 96), with
-// mma.sync m16n8k16 (A = weights, B = input pixels). The K loop walks the input channels in chunks of 16, two
+// 16x16 pixel tile and 16, 32 or 48 output channels (cout is padded to a multiple of 16: 43 -> 48, 86 -> 96, and
+// split over blockIdx.z when the pixel tiles alone would leave SMs idle), with mma.sync m16n8k16 (A = weights,
+// B = input pixels). The K loop walks the input channels in chunks of 16, two
 // shared-memory stages deep: while the tensor cores work on one chunk, the next chunk's 18x18 halo is in flight
 // from global memory (registers, then transposed into [pixel][channel] rows in shared memory) and its weights
 // are copied with cp.async. Input channels past cin are zero, so cin needs no padding in the buffer.
@@ -14,7 +15,6 @@
 //
 // The epilogue adds the bias and applies the LReLU (conv_1..4, stored into the buffer slot) or the residual
 // (conv_5), see clrb_device.cuh.
-#include <atomic>
 #include <type_traits>
 
 #include "clrb_device.cuh"
@@ -31,7 +31,7 @@ constexpr int kWarps = 8;                   // warp w computes tile rows 2w and 
 constexpr int kThreads = kWarps * 32;
 constexpr int kLoadTasks = kHaloPixels * 2;                          // (halo pixel, 8-channel half) pairs
 constexpr int kLoadRounds = (kLoadTasks + kThreads - 1) / kThreads;  // 3
-constexpr int kMaxMTiles = CSAKD_CLRB_MMA_MAX_COUT / 16;
+constexpr int kMaxMTiles = 3;                // m-tiles (16 output channels each) per block: 1, 2 or 3
 
 __host__ __device__ constexpr int cout_padded(int cout) { return (cout + 15) / 16 * 16; }
 __host__ __device__ constexpr int chunks_of(int cin) { return (cin + kChunk - 1) / kChunk; }
@@ -99,20 +99,23 @@ __device__ __forceinline__ void mma_16816(float (&d)[4], const unsigned (&a)[4],
 #endif
 }
 
+// Block (tile, batch item, output-channel group blockIdx.z of kMTiles * 16 channels). Two blocks per SM: at most
+// 128 registers (kMTiles = 3 spills 16 bytes).
 template <typename T, int kMTiles>
-__global__ void __launch_bounds__(kThreads) dense_conv_kernel(const csakd_conv_args a) {
-  constexpr int kCoutPad = kMTiles * 16;
+__global__ void __launch_bounds__(kThreads, 2) dense_conv_kernel(const csakd_conv_args a) {
+  constexpr int kRows = kMTiles * 16;                  // output channels of this block
   constexpr int kInStage = kHaloPixels * kChunk;       // elements per input stage
-  constexpr int kWStage = kTaps * kCoutPad * kChunk;   // elements per weight stage
+  constexpr int kWStage = kTaps * kRows * kChunk;      // elements per weight stage
   extern __shared__ __align__(16) unsigned char smem_raw[];
   uint16_t* in_s = reinterpret_cast<uint16_t*>(smem_raw);  // [2][kHaloPixels][16]
-  uint16_t* w_s = in_s + 2 * kInStage;                      // [2][kTaps][kCoutPad][16]
+  uint16_t* w_s = in_s + 2 * kInStage;                      // [2][kTaps][kRows][16]
 
   const int H = a.height, W = a.width, cin = a.cin;
   const int64_t plane = static_cast<int64_t>(H) * W;
   const int tiles_x = (W + kTile - 1) / kTile;
   const int x0 = (blockIdx.x % tiles_x) * kTile, y0 = (blockIdx.x / tiles_x) * kTile;
   const int b = blockIdx.y;
+  const int cout_pad = cout_padded(a.cout), first_row = blockIdx.z * kRows;
   const uint16_t* in = static_cast<const uint16_t*>(a.input) + b * a.input_batch_stride;
   const uint16_t* packed_w = static_cast<const uint16_t*>(a.weight);
   const int chunks = chunks_of(cin);
@@ -152,10 +155,16 @@ __global__ void __launch_bounds__(kThreads) dense_conv_kernel(const csakd_conv_a
       }
     }
   };
+  // The block's rows of each tap: kRows * 16 contiguous elements of the packed [chunk][tap][cout_pad][16] weight
+  // (a multiple of 16 rows, so the row swizzle is the same locally and in the packed weight).
   auto load_weights = [&](int chunk, int stage) {
-    const uint16_t* src = packed_w + static_cast<int64_t>(chunk) * kWStage;
+    constexpr int kPiecesPerTap = kRows * kChunk / 8;  // 16-byte pieces
     uint16_t* dst = w_s + stage * kWStage;
-    for (int i = tid; i < kWStage / 8; i += kThreads) cp_async_16(smem_addr(dst + i * 8), src + i * 8);
+    for (int i = tid; i < kTaps * kPiecesPerTap; i += kThreads) {
+      const int tap = i / kPiecesPerTap, piece = i - tap * kPiecesPerTap;
+      const uint16_t* src = packed_w + ((static_cast<int64_t>(chunk) * kTaps + tap) * cout_pad + first_row) * kChunk;
+      cp_async_16(smem_addr(dst + i * 8), src + piece * 8);
+    }
     cp_async_commit();
   };
 
@@ -198,7 +207,7 @@ __global__ void __launch_bounds__(kThreads) dense_conv_kernel(const csakd_conv_a
         // A fragment: output channels i*16 .. i*16+15 (rows 0-7 / 8-15), channels 0-7 / 8-15.
         const int row = i * 16 + (lane & 7) + (((lane >> 3) & 1) << 3);
         unsigned afrag[4];
-        ldmatrix_x4(afrag, smem_addr(ws + tap * kCoutPad * kChunk + swizzled(row, (lane >> 4) * 8)));
+        ldmatrix_x4(afrag, smem_addr(ws + tap * kRows * kChunk + swizzled(row, (lane >> 4) * 8)));
 #pragma unroll
         for (int r = 0; r < 2; ++r) {
           mma_16816<T>(acc[i][r * 2 + 0], afrag, bfrag[r][0], bfrag[r][1]);
@@ -211,14 +220,14 @@ __global__ void __launch_bounds__(kThreads) dense_conv_kernel(const csakd_conv_a
     __syncthreads();
   }
 
-  // Accumulator (i, j, e): output channel i*16 + lane/4 (+8 for e >= 2), tile row 2*warp + j/2,
+  // Accumulator (i, j, e): output channel first_row + i*16 + lane/4 (+8 for e >= 2), tile row 2*warp + j/2,
   // tile column (j%2)*8 + 2*(lane%4) + e%2.
   const float* bias = static_cast<const float*>(a.bias);
 #pragma unroll
   for (int i = 0; i < kMTiles; ++i) {
 #pragma unroll
     for (int e = 0; e < 4; ++e) {
-      const int co = i * 16 + (lane >> 2) + (e >> 1) * 8;
+      const int co = first_row + i * 16 + (lane >> 2) + (e >> 1) * 8;
       if (co >= a.cout) continue;
       const float bv = __ldg(bias + co);
 #pragma unroll
@@ -232,42 +241,39 @@ __global__ void __launch_bounds__(kThreads) dense_conv_kernel(const csakd_conv_a
 }
 
 template <typename T, int kMTiles>
-cudaError_t launch_dense(const csakd_conv_args& a, cudaStream_t stream) {
+cudaError_t launch_dense(const csakd_conv_args& a, unsigned tiles, cudaStream_t stream) {
   constexpr int smem = smem_bytes<kMTiles>();
-  auto kernel = dense_conv_kernel<T, kMTiles>;
-  if (smem > 48 * 1024) {
-    // Raising the dynamic shared-memory limit once per device keeps the launch path free of attribute calls
-    // (so it can be captured into a CUDA graph after a first eager call).
-    static std::atomic<unsigned long long> raised{0};
-    int device = 0;
-    cudaError_t err = cudaGetDevice(&device);
-    if (err != cudaSuccess) return err;
-    const unsigned long long bit = 1ull << (device & 63);
-    if (!(raised.load() & bit)) {
-      err = cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, smem);
-      if (err != cudaSuccess) return err;
-      raised.fetch_or(bit);
-    }
-  }
-  const unsigned tiles = static_cast<unsigned>((a.width + kTile - 1) / kTile) *
-                         static_cast<unsigned>((a.height + kTile - 1) / kTile);
-  kernel<<<dim3(tiles, static_cast<unsigned>(a.batch)), kThreads, smem, stream>>>(a);
+  static_assert(smem <= 48 * 1024, "within the default dynamic shared-memory limit (no opt-in attribute)");
+  const unsigned splits = static_cast<unsigned>(cout_padded(a.cout) / (kMTiles * 16));
+  dense_conv_kernel<T, kMTiles><<<dim3(tiles, static_cast<unsigned>(a.batch), splits), kThreads, smem, stream>>>(a);
   return cudaGetLastError();
 }
 
+// m-tiles per block: the most (fewest reloads of the input halo) that divide cout's m-tiles and still give at
+// least one block per SM; the fewest when even that falls short (small images at batch 1).
 template <typename T>
 cudaError_t dispatch_dense(const csakd_conv_args& a, cudaStream_t stream) {
-  switch (cout_padded(a.cout) / 16) {
-    case 1: return launch_dense<T, 1>(a, stream);
-    case 2: return launch_dense<T, 2>(a, stream);
-    case 3: return launch_dense<T, 3>(a, stream);
-    case 4: return launch_dense<T, 4>(a, stream);
-    case 5: return launch_dense<T, 5>(a, stream);
-    case 6: return launch_dense<T, 6>(a, stream);
-    default: return cudaErrorInvalidValue;
+  int device = 0, sms = 0;
+  cudaError_t err = cudaGetDevice(&device);
+  if (err == cudaSuccess) err = cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, device);
+  if (err != cudaSuccess) return err;
+  const unsigned tiles = static_cast<unsigned>((a.width + kTile - 1) / kTile) *
+                         static_cast<unsigned>((a.height + kTile - 1) / kTile);
+  const int m_tiles = cout_padded(a.cout) / 16;
+  int per_block = 1;
+  for (int m = kMaxMTiles; m >= 1; --m) {
+    if (m_tiles % m == 0 && static_cast<int64_t>(tiles) * a.batch * (m_tiles / m) >= sms) {
+      per_block = m;
+      break;
+    }
+  }
+  switch (per_block) {
+    case 3: return launch_dense<T, 3>(a, tiles, stream);
+    case 2: return launch_dense<T, 2>(a, tiles, stream);
+    default: return launch_dense<T, 1>(a, tiles, stream);
   }
 }
-static_assert(kMaxMTiles == 6, "dispatch_dense instantiates 1..6 m-tiles");
+static_assert(kMaxMTiles == 3, "dispatch_dense instantiates 1..3 m-tiles per block");
 
 // One thread per packed element: packed[((chunk * 9 + tap) * cout_pad + co) * 16 + swizzled k] =
 // w[co][chunk * 16 + k][tap], zero where co >= cout or the channel >= cin.
@@ -323,7 +329,7 @@ extern "C" cudaError_t csakd_clrb_mma_pack(const csakd_pack_args* args, cudaStre
 extern "C" cudaError_t csakd_clrb_mma_conv(const csakd_conv_args* args, cudaStream_t stream) {
   using namespace csakd_cuda;
   const csakd_conv_args& a = *args;
-  if (a.groups != 1 || a.cout < 1 || a.cout > CSAKD_CLRB_MMA_MAX_COUT || a.cin < 1 || a.batch > 65535) {
+  if (a.groups != 1 || a.cout < 1 || a.cout > 16 * 65535 || a.cin < 1 || a.batch > 65535) {
     return cudaErrorInvalidValue;
   }
   if (a.batch == 0 || a.height == 0 || a.width == 0) return cudaSuccess;

@@ -161,21 +161,27 @@ def _buildings(rng, yy, xx, parcel, urban):
     return urban[parcel].astype(np.float64), mixture
 
 
+def default_wavelengths(bands: int = 172) -> np.ndarray:
+    """The AVIRIS 172-band grid of the paper for 172 bands, an evenly spaced subset of it for fewer, an even
+    400-2500 nm grid for more."""
+    if not isinstance(bands, (int, np.integer)) or bands < 1:
+        raise ValueError(f"bands: expected a positive integer, got {bands!r}")
+    grid = aviris_172_wavelengths()
+    if bands <= len(grid):
+        return grid[np.round(np.linspace(0, len(grid) - 1, bands)).astype(int)]
+    return np.linspace(*RANGE_NM, bands)
+
+
 def generate_scene(height: int, width: int, bands: int = 172, seed: int = 0, wavelengths=None) -> np.ndarray:
     """A realistic synthetic reflectance cube (height, width, bands), float32, values about 0-0.6.
 
-    `wavelengths` (nm, one per band) defaults to the AVIRIS 172-band grid of the paper for bands=172, an
-    evenly spaced subset of it for fewer bands, and an even 400-2500 nm grid for more. The same
-    (height, width, seed) gives the same landscape whatever the band grid.
+    `wavelengths` (nm, one per band) defaults to `default_wavelengths(bands)`. The same (height, width, seed)
+    gives the same landscape whatever the band grid.
     """
     for name, value in (("height", height), ("width", width), ("bands", bands)):
         if not isinstance(value, (int, np.integer)) or value < 1:
             raise ValueError(f"{name}: expected a positive integer, got {value!r}")
-    if wavelengths is None:
-        grid = aviris_172_wavelengths()
-        wavelengths = (grid[np.round(np.linspace(0, len(grid) - 1, bands)).astype(int)] if bands <= len(grid)
-                       else np.linspace(*RANGE_NM, bands))
-    wavelengths = np.asarray(wavelengths, dtype=np.float64)
+    wavelengths = default_wavelengths(bands) if wavelengths is None else np.asarray(wavelengths, dtype=np.float64)
     if wavelengths.shape != (bands,) or not np.all(np.isfinite(wavelengths)) or wavelengths.min() <= 0:
         raise ValueError(f"wavelengths: expected {bands} positive finite values in nm (one per band), got "
                          f"shape {wavelengths.shape}")

@@ -119,5 +119,7 @@ def plan_tiles(shapes, names=None, tile: int = 256, stride: int | None = None, s
     for scene, split, top, left, h, w in regions:
         for y, th in _tile_axis(top, h, tile, stride, scale):
             for x, tw in _tile_axis(left, w, tile, stride, scale):
-                tiles.append(Tile(scene, f"{names[scene]}_y{y}_x{x}", split, y, x, th, tw))
+                whole = (y, x, th, tw) == (0, 0, *shapes[scene])
+                tiles.append(Tile(scene, names[scene] if whole else f"{names[scene]}_y{y}_x{x}", split, y, x,
+                                  th, tw))
     return tiles

@@ -204,7 +204,7 @@ class Trainer:
         if bool(torch.isfinite(total)):
             return
         raise NonFiniteLoss(
-            f"non-finite {name} loss ({float(total)}) at step {self.state['step'] + 1} (epoch {self.state['epoch']}, "
+            f"non-finite {name} loss ({float(total.detach())}) at step {self.state['step'] + 1} (epoch {self.state['epoch']}, "
             f"batch {self.state['batch']}, samples {batch['index'].tolist()}); last good checkpoint: "
             f"{self._last_good()}")
 

@@ -1,6 +1,6 @@
 // CUDA forward of the CLRB op: the same in-place buffer as the ATen path, filled by the custom kernels of
-// clrb_mma.cu (groups = 1, bf16/fp16, tensor cores) and clrb_direct.cu (grouped convs with few channels per
-// group, any float dtype). Whatever they do not cover runs clrb_forward_aten; impl="aten" forces that path so
+// clrb_mma.cu (groups = 1 on tensor cores: bf16/fp16, and fp32 as TF32 where cuDNN may use TF32 too) and
+// clrb_direct.cu (grouped convs with few channels per group, any float dtype). Whatever they do not cover runs clrb_forward_aten; impl="aten" forces that path so
 // that a misbehaving kernel can be bypassed and compared against. The backward is clrb_backward_aten (cuDNN).
 #include <c10/cuda/CUDAGuard.h>
 #include <c10/cuda/CUDAStream.h>
@@ -32,9 +32,13 @@ int compute_capability_major(const at::Tensor& x) {
   return major;
 }
 
-bool mma_applies(const ClrbShape& s, const at::Tensor& x) {
+// fp32 runs the tensor-core kernel in TF32: chosen by "auto" only where torch.backends.cudnn.allow_tf32 lets
+// eager convolutions do the same.
+bool mma_applies(const ClrbShape& s, const at::Tensor& x, bool forced) {
   const int code = dtype_code(x.scalar_type());
-  return s.groups == 1 && (code == CSAKD_BFLOAT16 || code == CSAKD_FLOAT16) && compute_capability_major(x) >= 8;
+  const bool dtype_ok = code == CSAKD_BFLOAT16 || code == CSAKD_FLOAT16 ||
+                        (code == CSAKD_FLOAT32 && (forced || at::globalContext().allowTF32CuDNN()));
+  return s.groups == 1 && dtype_ok && compute_capability_major(x) >= 8;
 }
 
 bool direct_applies(const at::Tensor& x) { return dtype_code(x.scalar_type()) >= 0; }
@@ -42,8 +46,8 @@ bool direct_applies(const at::Tensor& x) { return dtype_code(x.scalar_type()) >=
 // "mma", "direct" or "aten": the path that runs for these arguments.
 std::string choose_path(const ClrbShape& s, const at::Tensor& x, const std::string& impl) {
   if (impl == "mma") {
-    TORCH_CHECK(mma_applies(s, x), "clrb: impl 'mma' needs groups=1, bf16 or fp16 and a GPU of compute "
-                "capability >= 8.0; got groups=", s.groups, ", ", x.scalar_type());
+    TORCH_CHECK(mma_applies(s, x, true), "clrb: impl 'mma' needs groups=1, float32 (run as TF32), bfloat16 or "
+                "float16 and a GPU of compute capability >= 8.0; got groups=", s.groups, ", ", x.scalar_type());
     return impl;
   }
   if (impl == "direct") {
@@ -51,7 +55,7 @@ std::string choose_path(const ClrbShape& s, const at::Tensor& x, const std::stri
     return impl;
   }
   if (impl == "auto") {
-    if (mma_applies(s, x)) return "mma";
+    if (mma_applies(s, x, false)) return "mma";
     if (s.groups > 1 && s.buffer_channels() / s.groups <= kDirectMaxChannelsPerGroup && direct_applies(x)) {
       return "direct";
     }
@@ -81,13 +85,13 @@ std::tuple<at::Tensor, at::Tensor> forward_kernels(const at::Tensor& x_in, at::T
     w[k] = weights[k].contiguous();
     b[k] = biases[k].contiguous();
   }
-  if (mma) {  // the packed weights replace w and b: fp32 bias, channels padded to 16, tiled and swizzled
+  if (mma) {  // the packed weights replace w and b: fp32 bias, channels padded, tiled and swizzled
     csakd_pack_args pack{};
     pack.count = kNumConvs;
     pack.dtype = dtype_code(x.scalar_type());
     for (int64_t k = 0; k < kNumConvs; ++k) {
       const int cin = static_cast<int>(s.conv_in(k)), cout = static_cast<int>(s.conv_out(k));
-      auto packed_w = at::empty({csakd_clrb_mma_packed_weight_elems(cin, cout)}, x.options());
+      auto packed_w = at::empty({csakd_clrb_mma_packed_weight_elems(cin, cout, pack.dtype)}, x.options());
       auto packed_b = at::empty({csakd_clrb_mma_packed_bias_elems(cout)}, x.options().dtype(at::kFloat));
       pack.items[k] = {w[k].data_ptr(), b[k].data_ptr(), cin, cout, packed_w.data_ptr(),
                        packed_b.data_ptr<float>()};

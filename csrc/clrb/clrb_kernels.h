@@ -41,12 +41,13 @@ typedef struct {
  * (the g = 43 CLRB: 2..6 inputs, 1..2 outputs per group). */
 cudaError_t csakd_clrb_direct_conv(const csakd_conv_args* args, cudaStream_t stream);
 
-/* Tensor-core implicit-GEMM 3x3 conv for groups = 1 in bf16/fp16 (fp32 accumulation). */
+/* Tensor-core implicit-GEMM 3x3 conv for groups = 1, fp32 accumulation: bf16/fp16 inputs as they are, fp32 inputs
+ * rounded to TF32 (the caller decides whether TF32 is acceptable). */
 cudaError_t csakd_clrb_mma_conv(const csakd_conv_args* args, cudaStream_t stream);
 
-/* Elements of the packed weight of one conv (zero-padded to 16 input and 16 output channels, tiled by 16 input
- * channels, swizzled for ldmatrix); the packed bias has round_up(cout, 16) floats. */
-int64_t csakd_clrb_mma_packed_weight_elems(int cin, int cout);
+/* Elements (of the dtype) of the packed weight of one conv: output channels padded to 16, input channels tiled
+ * by 32 bytes and zero-padded, swizzled for ldmatrix; the packed bias has round_up(cout, 16) floats. */
+int64_t csakd_clrb_mma_packed_weight_elems(int cin, int cout, int dtype);
 int csakd_clrb_mma_packed_bias_elems(int cout);
 
 #define CSAKD_CLRB_MAX_PACK 5
@@ -54,14 +55,14 @@ typedef struct {
   const void* weight;   /* (cout, cin, 3, 3) contiguous, of the dtype */
   const void* bias;     /* (cout,) of the dtype */
   int cin, cout;
-  void* packed_weight;  /* csakd_clrb_mma_packed_weight_elems(cin, cout) elements of the dtype */
+  void* packed_weight;  /* csakd_clrb_mma_packed_weight_elems(cin, cout, dtype) elements of the dtype */
   float* packed_bias;   /* csakd_clrb_mma_packed_bias_elems(cout) floats */
 } csakd_pack_item;
 
 typedef struct {
   csakd_pack_item items[CSAKD_CLRB_MAX_PACK];
   int count;
-  int dtype;  /* CSAKD_BFLOAT16 or CSAKD_FLOAT16 */
+  int dtype;  /* csakd_dtype */
 } csakd_pack_args;
 
 /* Packs the weights and biases of up to five convs in one launch. */

@@ -4,10 +4,11 @@ CPU: float64 forward and gradients to round-off, float32 within rtol 1e-4 of a f
 the backward relies on, opcheck, torch.compile, argument errors. GPU (marked): every implementation (the
 tensor-core "mma" kernel, the "direct" kernel, the ATen fallback) in fp32/bf16/fp16 on larger shapes.
 
-Tolerances (fp32 on the GPU with TF32 off; low precision against a float64 oracle fed the same rounded inputs,
-as max |error| / max |oracle|): fp32 1e-5, fp16 3e-3, bf16 2e-2. The low-precision bounds allow a few roundings
-of the stored activations (bf16 keeps 8 bits, fp16 11) and are about 3x what eager PyTorch shows on the same
-inputs; gradients in low precision must stay within 2x eager's error plus the same bound.
+Tolerances (against a float64 oracle fed the same rounded inputs, as max |error| / max |oracle|): fp32 with TF32
+off 1e-5 (gradients 1e-4); the fp32 tensor-core kernel, which runs in TF32 like cuDNN when TF32 is allowed, 5e-3;
+fp16 3e-3; bf16 2e-2. The low-precision bounds allow a few roundings of the inputs and of the stored activations
+(TF32 and fp16 keep 11 bits, bf16 8) and are several times what eager PyTorch shows on the same inputs;
+gradients in low precision must stay within 2x eager's error plus the same bound.
 """
 from __future__ import annotations
 
@@ -26,6 +27,7 @@ from csakd.ops import clrb as op
 CONFIGS = [(86, 43, 1), (86, 43, 43), (8, 4, 1), (8, 4, 2), (8, 4, 4)]
 GPU = torch.device("cuda") if torch.cuda.is_available() else None
 LOW_PRECISION_TOL = {torch.float16: 3e-3, torch.bfloat16: 2e-2}
+TF32_TOL = 5e-3
 
 
 def make_params(nf, gc, groups, dtype=torch.float64, device="cpu", seed=0):
@@ -225,8 +227,8 @@ def test_op_checks_arguments_itself():
 # GPU
 
 
-def gpu_impls(nf, gc, groups, dtype):
-    """The implementations that apply on the GPU for this configuration ("auto" always)."""
+def gpu_impls(groups, dtype):
+    """The exact-precision implementations for this configuration on the GPU (fp32 "mma" is TF32: tested apart)."""
     impls = ["auto", "aten", "direct"]
     if groups == 1 and dtype in (torch.bfloat16, torch.float16):
         impls.append("mma")
@@ -265,7 +267,7 @@ def test_gpu_extension_is_built():
 def test_gpu_float32_every_impl_matches_float64(config, batch, h, w, seed):
     nf, gc, groups = config
     x, weights, biases, grad_out, (ref, ref_grads) = gpu_case(nf, gc, groups, torch.float32, batch, h, w, seed)
-    for impl in gpu_impls(nf, gc, groups, torch.float32):
+    for impl in gpu_impls(groups, torch.float32):
         with no_tf32():
             out, grads = value_and_grads(lambda *a: op.clrb(*a, groups, impl=impl), x, weights, biases, grad_out)
         assert_close_to_scale(out, ref, 1e-5, f"{impl} out")
@@ -282,7 +284,7 @@ def test_gpu_low_precision_every_impl_within_stated_tolerance(config, dtype, bat
     x, weights, biases, grad_out, (ref, ref_grads) = gpu_case(nf, gc, groups, dtype, batch, h, w, seed)
     eager, eager_grads = value_and_grads(lambda *a: clrb_reference(*a, groups), x, weights, biases, grad_out)
     tol = LOW_PRECISION_TOL[dtype]
-    for impl in gpu_impls(nf, gc, groups, dtype):
+    for impl in gpu_impls(groups, dtype):
         out, grads = value_and_grads(lambda *a: op.clrb(*a, groups, impl=impl), x, weights, biases, grad_out)
         assert out.dtype == dtype
         err = max_rel_err(out, ref)
@@ -293,8 +295,30 @@ def test_gpu_low_precision_every_impl_within_stated_tolerance(config, dtype, bat
 
 
 @pytest.mark.gpu
+@settings(max_examples=20)
+@given(config=st.sampled_from([c for c in CONFIGS if c[2] == 1]), batch=st.integers(1, 3), h=st.integers(1, 70),
+       w=st.integers(1, 70), seed=st.integers(0, 2**16))
+def test_gpu_float32_tensor_core_kernel_within_tf32_tolerance(config, batch, h, w, seed):
+    nf, gc, groups = config
+    x, weights, biases, grad_out, (ref, ref_grads) = gpu_case(nf, gc, groups, torch.float32, batch, h, w, seed)
+    saved = torch.backends.cudnn.allow_tf32
+    torch.backends.cudnn.allow_tf32 = True  # "auto" takes the TF32 kernel only where cuDNN may use TF32
+    try:
+        _, eager_grads = value_and_grads(lambda *a: clrb_reference(*a, groups), x, weights, biases, grad_out)
+        for impl in ("mma", "auto"):
+            out, grads = value_and_grads(lambda *a: op.clrb(*a, groups, impl=impl), x, weights, biases, grad_out)
+            err = max_rel_err(out, ref)
+            assert err <= TF32_TOL, f"{impl}: forward error {err:.2e} > {TF32_TOL:.0e}"
+            for name, g, e, r in zip(NAMES, grads, eager_grads, ref_grads):  # the backward is cuDNN's, in TF32 too
+                err, eager_err = max_rel_err(g, r), max_rel_err(e, r)
+                assert err <= 2 * eager_err + TF32_TOL, f"{impl} {name}: error {err:.2e}, eager {eager_err:.2e}"
+    finally:
+        torch.backends.cudnn.allow_tf32 = saved
+
+
+@pytest.mark.gpu
 @pytest.mark.parametrize("groups", [1, 43])
-@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16, torch.float32])
 @pytest.mark.parametrize("batch, size", [(1, 256), (4, 64), (2, (37, 129))])
 def test_gpu_paper_size_kernels_and_aten_path(groups, dtype, batch, size):
     h, w = (size, size) if isinstance(size, int) else size
@@ -302,7 +326,7 @@ def test_gpu_paper_size_kernels_and_aten_path(groups, dtype, batch, size):
     x = make_input(batch, 86, h, w, dtype, GPU).detach()
     w_, b_ = [t.detach() for t in weights], [t.detach() for t in biases]
     ref = clrb_reference(x.double(), [t.double() for t in w_], [t.double() for t in b_], groups)
-    tol = LOW_PRECISION_TOL[dtype]
+    tol = LOW_PRECISION_TOL.get(dtype, TF32_TOL)  # fp32 dense takes the TF32 kernel
     for impl in ("mma" if groups == 1 else "direct", "aten"):
         err = max_rel_err(op.clrb(x, w_, b_, groups, impl=impl), ref)
         assert err <= tol, f"{impl}: error {err:.2e} > {tol:.0e}"

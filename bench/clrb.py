@@ -6,8 +6,8 @@
 
 Grid: block (clrb, clra) x spatial size (HR 256, LR 64) x batch (1, 4) x groups (1, 43) x dtype (bf16, fp32) x
 mode (fwd, fwd+bwd), nf = 86, gc = 43. Variants: "eager" (the reference module), "compile" (torch.compile of it),
-"ext" (csakd.ops.clrb, impl "auto": the tensor-core kernel for groups=1 bf16/fp16, the direct kernel for
-groups=43, ATen elsewhere), "ext-aten" (the extension's ATen path over the same buffer, for comparison).
+"ext" (csakd.ops.clrb, impl "auto": the tensor-core kernel for groups=1 (fp32 as TF32, as eager cuDNN with
+PyTorch's default allow_tf32), the direct kernel for groups=43), "ext-aten" (the extension's ATen path over the same buffer, for comparison).
 Each figure is the median of many runs after warm-up (CUDA events on a GPU); forward runs under no_grad,
 fwd+bwd calls torch.autograd.grad for the input and every parameter.
 

@@ -6,9 +6,12 @@
 
 `impl` (default: the environment variable CSAKD_CLRB_IMPL, else "auto") picks the forward implementation:
 "auto" (the custom CUDA kernel that applies, ATen elsewhere), "aten" (ATen calls over the same buffer, on any
-device: the fallback when a custom kernel misbehaves), "mma" / "direct" (force the CUDA tensor-core kernel
-for groups=1 in bf16/fp16, or the direct kernel for any groups; an error where they do not apply).
-The backward always runs ATen convolution_backward calls over the saved buffer.
+device: the fallback when a custom kernel misbehaves), "mma" / "direct" (force the CUDA tensor-core kernel for
+groups=1, or the direct kernel for any groups; an error where they do not apply). The tensor-core kernel runs
+bf16/fp16 as they are and fp32 as TF32; "auto" takes it for fp32 only while torch.backends.cudnn.allow_tf32 is
+set (PyTorch's default), as cuDNN would. The direct kernel is what "auto" picks for grouped convs with at most
+16 input channels per group (the student's g = 43). The backward always runs ATen convolution_backward calls over
+the saved buffer.
 """
 from __future__ import annotations
 

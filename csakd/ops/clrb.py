@@ -11,7 +11,7 @@ groups=1, or the direct kernel for any groups; an error where they do not apply)
 bf16/fp16 as they are and fp32 as TF32; "auto" takes it for fp32 only while torch.backends.cudnn.allow_tf32 is
 set (PyTorch's default), as cuDNN would. The direct kernel is what "auto" picks for grouped convs with at most
 16 input channels per group (the student's g = 43). The backward always runs ATen convolution_backward calls over
-the saved buffer.
+the saved buffer (first derivatives only: the backward op itself is not differentiable).
 """
 from __future__ import annotations
 

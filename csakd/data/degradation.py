@@ -66,7 +66,9 @@ class DegradationSpec:
     version: int = field(default=SPEC_VERSION)
 
     def __post_init__(self):
-        set_ = object.__setattr__.__get__(self)
+        def set_(name, value):  # the dataclass is frozen; normalised values are stored once, here
+            object.__setattr__(self, name, value)
+
         if not isinstance(self.scale, (int, np.integer)) or isinstance(self.scale, bool) or self.scale < 1:
             raise ValueError(f"scale: expected a positive integer, got {self.scale!r}")
         if not _is_number(self.psf_sigma) or self.psf_sigma < 0:
@@ -305,15 +307,22 @@ def add_awgn(x: torch.Tensor, snr_db: float, generator: torch.Generator | None =
 
 def degrade(hr_hsi: torch.Tensor, spec: DegradationSpec, wavelengths, fwhm=None, srf=None,
             generator: torch.Generator | None = None) -> tuple[torch.Tensor, torch.Tensor]:
-    """(lr_hsi, hr_msi) from hr_hsi (N, C, H, W) or (C, H, W), on hr_hsi's device and dtype.
+    """(lr_hsi, hr_msi) from hr_hsi (N, C, H, W) or (C, H, W), on hr_hsi's device and dtype (float16 and
+    bfloat16 inputs are processed in float32).
 
     `wavelengths` (and optionally `fwhm`) are the C band centres in nm, from which the spec's spectral
     response is built; `srf` (M, C) overrides it. Noise uses `generator`, else one seeded with
-    spec.noise_seed; with noise on both, the LR-HSI draw comes first.
+    spec.noise_seed (drawn on the CPU, so a seed gives the same data on any device; pass a CUDA generator
+    to draw on the GPU); with noise on both, the LR-HSI draw comes first.
     """
     if not isinstance(spec, DegradationSpec):
         raise ValueError(f"spec: expected a DegradationSpec, got {type(spec).__name__}")
     x, unbatched = _batched("hr_hsi", hr_hsi)
+    dtype = x.dtype
+    if dtype in (torch.float16, torch.bfloat16):
+        # Half-precision operator weights would break "rows sum to 1" by ~0.4% and resample grids by up to half
+        # a pixel: compute in float32, round the results once.
+        x = x.float()
     if srf is None:
         wl = np.asarray(wavelengths, dtype=np.float64) if wavelengths is not None else None
         if wl is None or wl.shape != (x.shape[1],):
@@ -330,4 +339,5 @@ def degrade(hr_hsi: torch.Tensor, spec: DegradationSpec, wavelengths, fwhm=None,
             lr = add_awgn(lr, spec.snr_db, gen)
         if spec.noise_on in ("msi", "both"):
             msi = add_awgn(msi, spec.snr_db, gen)
+    lr, msi = lr.to(dtype), msi.to(dtype)
     return (lr[0], msi[0]) if unbatched else (lr, msi)

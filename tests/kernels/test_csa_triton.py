@@ -1,0 +1,367 @@
+"""The fused CSA kernels (kernels/csa.py) against the reference `csa_reference` (SPEC §2), forward and every
+gradient, run in float64 on the same (rounded) inputs as the oracle.
+
+On a machine without CUDA the kernels run in the Triton interpreter on CPU tensors: TRITON_INTERPRET is set
+here before Triton is first imported, and the shapes stay small (the interpreter pays per operation). With
+CUDA the same tests run on the GPU; the `gpu` tests add paper-size shapes and torch.compile with Inductor.
+
+Tolerances. fp32: |fused - fp64| <= 1e-4 (|ref| + max(max|ref|, 1e-2)) elementwise, for logits up to a few
+hundred: the kernels accumulate in fp32 with exact fp32 products, so errors are ~1e-7 of the magnitudes
+involved (the 1e-2 floor covers q/k grads of a nearly saturated softmax, ~1e-30, whose rounding is
+meaningless). With logits of order 1e4 (test_saturated_softmax) the grads through the softmax are
+ill-conditioned in any fp32 evaluation: the logits carry absolute errors ~3e-3 (PyTorch's direct q·kᵀ as
+much as the Gram form), which move near-tied softmax rows, and the Gram form's dG = Wqᵀ dP Wk cancels more
+than the direct path (measured: q/k-path grads 2e-3 of their max vs PyTorch fp32's 2e-4); there the output
+and the v/o/gate grads keep the fp32 tolerance and the q/k-path grads (dx1, dx2, dwq..dbk) get 1e-2.
+bf16/fp16: the kernels round M, Wg and the per-pixel dot operands (att, dz, datt, dG) to the input dtype
+(tensor-core products) and return values in it, as PyTorch's own evaluation in that dtype does; weight grads
+are sums over all pixels whose cancellation costs any low-precision evaluation relative accuracy. So the
+yardstick is PyTorch in that dtype (inputs and weights in it): the fused error (max over the tensor, vs
+fp64) is at most twice that reference's error, or within 8 units of roundoff (u = 2^-8 bf16, 2^-11 fp16)
+of max|ref|.
+Hypothesis does not shrink failures here (each example costs about a second in the interpreter); the
+failing example is printed as drawn.
+"""
+from __future__ import annotations
+
+import math
+import os
+from dataclasses import dataclass
+
+import pytest
+import torch
+
+if not torch.cuda.is_available():
+    os.environ.setdefault("TRITON_INTERPRET", "1")
+
+from hypothesis import Phase, given, settings  # noqa: E402
+from hypothesis import strategies as st  # noqa: E402
+
+from csakd.kernels import csa as fused  # noqa: E402
+from csakd.models.csa import PARAM_NAMES, CSAFusion, csa_reference  # noqa: E402
+
+DEVICE = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+NAMES = ("out", "dx1", "dx2", "dx3", "dx4") + tuple("d" + n for n in PARAM_NAMES)
+UNIT_ROUNDOFF = {torch.bfloat16: 2.0 ** -8, torch.float16: 2.0 ** -11}
+QK_PATH = ("dx1", "dx2", "dwq", "dbq", "dwk", "dbk")
+NO_SHRINK = [Phase.explicit, Phase.reuse, Phase.generate, Phase.target]
+
+
+@dataclass(frozen=True)
+class Case:
+    B: int = 2
+    nf: int = 12
+    H: int = 5
+    W: int = 7
+    attn_dim: int = 8
+    heads: int = 2
+    mode: str = "attention"
+    layout: str = "contiguous"  # contiguous | channels_last | mixed | strided
+    gain: float = 1.0           # scales the logits: wq, bq, wk, bk are multiplied by sqrt(gain)
+    mean: float = 0.0           # offset of the inputs (large logits through the bias terms of the Gram form)
+    dtype: torch.dtype = torch.float32
+    seed: int = 0
+
+
+def _uniform(g, shape, bound):
+    return (torch.rand(shape, generator=g, dtype=torch.float64) * 2 - 1) * bound
+
+
+def make_case(case: Case):
+    """fp64 inputs (already rounded to case.dtype), fp32 weights (PyTorch's default conv init range) and an
+    output grad rounded to case.dtype."""
+    g = torch.Generator().manual_seed(case.seed)
+    shape = (case.B, case.nf, case.H, case.W)
+    xs = [(torch.randn(shape, generator=g, dtype=torch.float64) + case.mean).to(case.dtype).double()
+          for _ in range(4)]
+    C, R = case.nf, case.attn_dim
+    shapes = {"wq": (R, C), "bq": (R,), "wk": (R, C), "bk": (R,), "wv": (R, C), "bv": (R,), "wo": (C, R),
+              "bo": (C,), "wg": (4, 4 * C), "bg": (4,)}
+    fan_in = {"wq": C, "bq": C, "wk": C, "bk": C, "wv": C, "bv": C, "wo": R, "bo": R, "wg": 4 * C, "bg": 4 * C}
+    params = {n: _uniform(g, shapes[n], 1 / math.sqrt(fan_in[n])).float() for n in PARAM_NAMES}
+    for n in ("wq", "bq", "wk", "bk"):
+        params[n] = params[n] * math.sqrt(case.gain)
+    dout = torch.randn(shape, generator=g, dtype=torch.float64).to(case.dtype).double()
+    return [x.to(DEVICE) for x in xs], {n: p.to(DEVICE) for n, p in params.items()}, dout.to(DEVICE)
+
+
+def _layout(x: torch.Tensor, layout: str, i: int) -> torch.Tensor:
+    if layout == "channels_last" or (layout == "mixed" and i % 2 == 0):
+        return x.contiguous(memory_format=torch.channels_last)
+    if layout == "strided":  # every other column of a wider tensor
+        wide = torch.zeros(x.shape[:3] + (2 * x.shape[3],), dtype=x.dtype, device=x.device)
+        wide[..., ::2] = x
+        return wide[..., ::2]
+    return x
+
+
+def _run(fn, xs, params, dout):
+    """fn's output and grads w.r.t. x1..x4 and every weight (zeros where a weight does not enter)."""
+    xs = [x.detach().requires_grad_() for x in xs]
+    params = {n: p.detach().requires_grad_() for n, p in params.items()}
+    out = fn(xs, params)
+    inputs = xs + [params[n] for n in PARAM_NAMES]
+    grads = torch.autograd.grad(out, inputs, dout.to(out.dtype), allow_unused=True)
+    return [out] + [torch.zeros_like(t) if g is None else g for g, t in zip(grads, inputs)]
+
+
+def fused_results(case: Case, xs, params, dout):
+    xs = [_layout(x.to(case.dtype), case.layout, i) for i, x in enumerate(xs)]
+    return _run(lambda x, p: fused.csa_fuse(*x, p, case.mode, case.heads), xs, params, dout)
+
+
+def reference_results(case: Case, xs, params, dout, dtype=torch.float64):
+    return _run(lambda x, p: csa_reference(*x, p, case.mode, case.heads),
+                [x.to(dtype) for x in xs], {n: p.to(dtype) for n, p in params.items()}, dout)
+
+
+def check_fp32(got, want, tol=1e-4, floor=1e-2, names=NAMES):
+    for name, a, e in zip(NAMES, got, want):
+        if name not in names:
+            continue
+        assert a.shape == e.shape, name
+        err = (a.double() - e).abs()
+        bound = tol * (e.abs() + max(e.abs().max().item(), floor))
+        assert bool((err <= bound).all()), (f"{name}: max error {err.max().item():.3g}, "
+                                            f"max |ref| {e.abs().max().item():.3g}")
+
+
+def check_low_precision(got, want, lowp, dtype):
+    u = UNIT_ROUNDOFF[dtype]
+    for name, a, e, r in zip(NAMES, got, want, lowp):
+        err = (a.double() - e).abs().max().item()
+        ref_err = (r.double() - e).abs().max().item()
+        bound = max(2 * ref_err, 8 * u * e.abs().max().item())
+        assert err <= bound, f"{name}: error {err:.3g} > {bound:.3g} (PyTorch {dtype}: {ref_err:.3g})"
+
+
+def check_case(case: Case):
+    """The fused output and grads against the fp64 reference; returns both for further checks."""
+    xs, params, dout = make_case(case)
+    got = fused_results(case, xs, params, dout)
+    want = reference_results(case, xs, params, dout)
+    assert got[0].dtype == case.dtype and all(g.dtype == case.dtype for g in got[1:5])
+    assert all(g.dtype == torch.float32 for g in got[5:])
+    assert all(bool(torch.isfinite(g).all()) for g in got)
+    if case.mode == "reference":  # q and k do not enter: their grads are exactly zero
+        assert all(not bool(g.any()) for g in got[5:9])
+    if case.dtype == torch.float32 and case.gain <= 100:
+        check_fp32(got, want)
+    elif case.dtype != torch.float32:
+        check_low_precision(got, want, reference_results(case, xs, params, dout, case.dtype), case.dtype)
+    return got, want
+
+
+@st.composite
+def cases(draw, dtypes=(torch.float32,), max_nf=40, max_side=24):
+    heads = draw(st.integers(1, 4))
+    return Case(B=draw(st.integers(1, 3)), nf=draw(st.integers(1, max_nf)), H=draw(st.integers(1, max_side)),
+                W=draw(st.integers(1, max_side)), heads=heads, attn_dim=heads * draw(st.integers(1, 8)),
+                mode=draw(st.sampled_from(["attention", "reference"])),
+                layout=draw(st.sampled_from(["contiguous", "channels_last", "mixed", "strided"])),
+                gain=draw(st.sampled_from([1.0, 1.0, 100.0])), mean=draw(st.sampled_from([0.0, 2.0])),
+                dtype=draw(st.sampled_from(dtypes)), seed=draw(st.integers(0, 2 ** 31 - 1)))
+
+
+# ---------------------------------------------------------------- properties against the reference
+
+@settings(phases=NO_SHRINK)
+@given(cases())
+def test_fp32_matches_reference(case):
+    check_case(case)
+
+
+@settings(max_examples=12, phases=NO_SHRINK)
+@given(cases(dtypes=(torch.bfloat16, torch.float16)))
+def test_low_precision_matches_reference(case):
+    check_case(case)
+
+
+@pytest.mark.parametrize("case", [Case(nf=86, attn_dim=64, heads=4, H=7, W=9),
+                                  Case(nf=86, attn_dim=64, heads=4, H=6, W=5, B=1, mode="reference",
+                                       layout="channels_last", mean=1.0),
+                                  Case(nf=86, attn_dim=64, heads=4, H=5, W=5, dtype=torch.bfloat16, gain=100.0)],
+                         ids=["attention", "reference", "attention-bf16"])
+def test_paper_width(case):
+    check_case(case)
+
+
+@pytest.mark.parametrize("mode", ["attention", "reference"])
+def test_chunked_pixel_loops(monkeypatch, mode):
+    """Several chunks per image and several tiles per chunk, the last ones partial (the interpreter defaults
+    to one tile per image; a GPU always chunks)."""
+    monkeypatch.setattr(fused, "INTERPRETER_MAX_BLOCK", 16)
+    monkeypatch.setattr(fused, "INTERPRETER_TILES_PER_CHUNK", 2)
+    check_case(Case(B=2, nf=20, H=9, W=13, attn_dim=12, heads=3, mode=mode, layout="mixed", mean=1.0))
+
+
+@pytest.mark.parametrize("case", [Case(gain=1e4, mean=2.0, nf=16, attn_dim=16, heads=2, H=6, W=7),
+                                  Case(gain=1e4, mean=2.0, nf=18, attn_dim=18, heads=3, H=1, W=1, B=3, seed=1)],
+                         ids=["6x7", "1x1-near-ties"])
+def test_saturated_softmax(case):
+    """Logits of order 1e4: exp would overflow without the max shift; all finite, the output and v/o/gate
+    grads within the fp32 tolerance, the ill-conditioned q/k-path grads within 1e-2 (module docstring)."""
+    got, want = check_case(case)
+    check_fp32(got, want, names=[n for n in NAMES if n not in QK_PATH])
+    check_fp32(got, want, tol=1e-2, names=QK_PATH)
+
+
+def test_sum_mode_is_plain_sum():
+    xs, _, _ = make_case(Case())
+    xs = [x.float() for x in xs]
+    torch.testing.assert_close(fused.csa_fuse(*xs, None, "sum"), xs[0] + xs[1] + xs[2] + xs[3])
+
+
+def test_module_parameters_receive_the_reference_grads():
+    """Through CSAFusion.params() (views of the conv weights) the grads reach the module's parameters."""
+    torch.manual_seed(0)
+    module = CSAFusion(nf=10, attn_dim=8, heads=2).to(DEVICE)
+    xs = [torch.randn(2, 10, 4, 5, device=DEVICE) for _ in range(4)]
+    grads = []
+    for fn in (csa_reference, fused.csa_fuse):
+        module.zero_grad()
+        (fn(*xs, module.params(), "attention", 2) ** 2).sum().backward()
+        grads.append([p.grad.clone() for p in module.parameters()])
+    for a, e in zip(*grads):
+        torch.testing.assert_close(a, e, rtol=1e-4, atol=1e-5)
+
+
+def test_deterministic():
+    case = Case(B=2, H=6, W=9, mean=1.0)
+    xs, params, dout = make_case(case)
+    first, second = (fused_results(case, xs, params, dout) for _ in range(2))
+    assert all(torch.equal(a, b) for a, b in zip(first, second))
+
+
+def test_grads_of_a_subset():
+    """Only x3 and wv require grad: the others get none, and those asked for are the reference's."""
+    case = Case()
+    xs, params, dout = make_case(case)
+    xs = [x.float() for x in xs]
+    x3 = xs[2].clone().requires_grad_()
+    wv = params["wv"].clone().requires_grad_()
+    out = fused.csa_fuse(xs[0], xs[1], x3, xs[3], {**params, "wv": wv}, heads=case.heads)
+    got = torch.autograd.grad(out, (x3, wv), dout.float())
+    want = reference_results(case, xs, params, dout)
+    check_fp32([out, *got], [want[0], want[3], want[5 + PARAM_NAMES.index("wv")]])
+
+
+# ---------------------------------------------------------------- torch.library integration
+
+def _op_args(case: Case):
+    xs, params, _ = make_case(case)
+    xs = [_layout(x.to(case.dtype), case.layout, i).requires_grad_() for i, x in enumerate(xs)]
+    return (*xs, *(params[n].requires_grad_() for n in PARAM_NAMES), case.mode, case.heads)
+
+
+@pytest.mark.parametrize("case", [Case(B=2, H=3, W=5), Case(B=1, H=4, W=3, mode="reference", layout="channels_last")],
+                         ids=["attention", "reference-channels-last"])
+def test_opcheck_forward(case):
+    torch.library.opcheck(torch.ops.csakd.csa_fuse.default, _op_args(case))
+
+
+def test_opcheck_backward():
+    args = [a.detach() if isinstance(a, torch.Tensor) else a for a in _op_args(Case(B=2, H=3, W=4))]
+    stats = torch.ops.csakd.csa_fuse(*args)[1]
+    dout = torch.randn_like(args[0])
+    torch.library.opcheck(torch.ops.csakd.csa_fuse_backward.default, (dout, *args[:14], stats, *args[14:]),
+                          test_utils=("test_schema", "test_faketensor", "test_aot_dispatch_dynamic"))
+
+
+def _compiled_loss(backend):
+    def loss(x1, x2, x3, x4, params):
+        return (fused.csa_fuse(x1, x2, x3, x4, params, "attention", 2) * x1).sum()
+
+    return loss, torch.compile(loss, fullgraph=True, backend=backend)
+
+
+def _check_compiled(backend):
+    case = Case(B=2, H=4, W=6)
+    xs, params, _ = make_case(case)
+    xs = [x.float() for x in xs]
+    eager, compiled = _compiled_loss(backend)
+    results = []
+    for fn in (eager, compiled):
+        x = [t.clone().requires_grad_() for t in xs]
+        p = {n: t.clone().requires_grad_() for n, t in params.items()}
+        value = fn(*x, p)
+        results.append([value, *torch.autograd.grad(value, x + [p[n] for n in PARAM_NAMES])])
+    for a, e in zip(*results):
+        torch.testing.assert_close(a, e, rtol=1e-5, atol=1e-6)
+
+
+def test_compiles_without_graph_breaks():
+    """fullgraph=True through Dynamo and AOTAutograd (the op's fake and autograd); Inductor codegen: gpu test."""
+    _check_compiled("aot_eager")
+
+
+# ---------------------------------------------------------------- input checks
+
+def _bad_inputs(kind):
+    xs, params, _ = make_case(Case())
+    xs = [x.float() for x in xs]
+    params = dict(params)
+    mode, heads = "attention", 2
+    if kind == "shape":
+        xs[2] = xs[2][:, :, :-1]
+    elif kind == "dtype":
+        xs[1] = xs[1].half()
+    elif kind == "float64":
+        xs = [x.double() for x in xs]
+    elif kind == "int":
+        xs[3] = xs[3].long()
+    elif kind == "device":
+        xs[1] = xs[1].to("meta")
+    elif kind == "ndim":
+        xs = [x[0] for x in xs]
+    elif kind == "mode":
+        mode = "softmax"
+    elif kind == "heads":
+        heads = 3
+    elif kind == "param-shape":
+        params["wo"] = params["wo"][:, :-1]
+    elif kind == "param-missing":
+        del params["bg"]
+    elif kind == "too-wide":
+        xs = [torch.zeros(1, 130, 2, 2, device=DEVICE) for _ in range(4)]
+    elif kind == "nonfinite":
+        xs[0][0, 0, 0, 0] = float("nan")
+    return xs, params, mode, heads
+
+
+@pytest.mark.parametrize("kind, match", [
+    ("shape", "x3: expected the shape of x1"), ("dtype", "x2: expected dtype torch.float32"),
+    ("float64", "x1: expected dtype float32, bfloat16 or float16"), ("int", "x4: expected a floating-point"),
+    ("device", "x2: expected a tensor on"), ("ndim", "x1: expected a 4-D tensor"), ("mode", "mode: expected one of"),
+    ("heads", r"params\['wq'\]: expected attn_dim .* divisible by heads=3"),
+    ("param-shape", r"params\['wo'\]: expected shape \(12, 8\)"), ("param-missing", r"params: expected keys .* \['bg'\]"),
+    ("too-wide", "x1: expected a non-empty .* nf <= 128"), ("nonfinite", "x1: expected finite values"),
+])
+def test_bad_inputs_raise_value_error(kind, match):
+    xs, params, mode, heads = _bad_inputs(kind)
+    with pytest.raises(ValueError, match=match):
+        fused.csa_fuse(*xs, params, mode, heads, check_finite=True)
+
+
+# ---------------------------------------------------------------- GPU: paper sizes, Inductor
+
+@pytest.mark.gpu
+@settings(max_examples=20)
+@given(st.sampled_from([1, 2, 4]), st.sampled_from([(256, 256), (128, 96), (255, 129), (64, 64)]),
+       st.sampled_from([torch.float32, torch.bfloat16, torch.float16]),
+       st.sampled_from(["attention", "reference"]), st.sampled_from(["contiguous", "channels_last"]),
+       st.integers(0, 2 ** 31 - 1))
+def test_gpu_paper_size(B, hw, dtype, mode, layout, seed):
+    check_case(Case(B=B, nf=86, attn_dim=64, heads=4, H=hw[0], W=hw[1], mode=mode, layout=layout, dtype=dtype,
+                    mean=0.5, seed=seed))
+
+
+@pytest.mark.gpu
+def test_gpu_compiles_with_inductor():
+    _check_compiled("inductor")
+
+
+@pytest.mark.gpu
+def test_gpu_opcheck():
+    torch.library.opcheck(torch.ops.csakd.csa_fuse.default,
+                          _op_args(Case(B=2, nf=86, attn_dim=64, heads=4, H=64, W=48, dtype=torch.bfloat16)))

@@ -92,3 +92,20 @@ def test_jasper_ridge_with_defaults(tmp_path):
     item = train[0]
     restored = item["hr_hsi"].double().numpy().transpose(1, 2, 0) * (item["max"] - item["min"]) + item["min"]
     np.testing.assert_allclose(restored, gt, rtol=0, atol=1e-3)  # float32 storage of integer counts
+
+
+def test_folder_of_cubes_splits_by_scene(tmp_path):
+    rng = np.random.default_rng(1)
+    for k in range(3):
+        np.save(tmp_path / f"cube{k}.npy", rng.random((32, 40, 20)).astype(np.float32))
+    wavelengths = tmp_path / "wl.csv"
+    wavelengths.write_text(",".join(str(v) for v in np.linspace(400, 1000, 20)))
+    out = tmp_path / "ds"
+    assert main(["synth", "--source", str(tmp_path), "--out", str(out), "--wavelengths", str(wavelengths),
+                 "--tile", "16", "--test-fraction", "0.34", "--no-progress"]) == 0
+    manifest = json.loads((out / "dataset.json").read_text())
+    assert manifest["tiling"]["split_by"] == "scene" and len(manifest["source"]["files"]) == 3
+    scenes = {split: {name.split("_")[0] for name in names} for split, names in manifest["splits"].items()}
+    assert len(scenes["train"]) == 2 and len(scenes["test"]) == 1 and not scenes["train"] & scenes["test"]
+    assert len(FusionDataset.from_folder(out, "train")) == 8  # 2 scenes x (2 x 2) tiles of 16
+    np.testing.assert_allclose(manifest["wavelengths"], np.linspace(400, 1000, 20))

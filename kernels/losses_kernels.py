@@ -92,7 +92,8 @@ def _add_scalars(stats_ptr, BC, rec, trec, cos, HAS_TEACHER: tl.constexpr, SLOTS
 def _forward_paper_kernel(pred_ptr, target_ptr, teacher_ptr, stats_ptr, pix_ptr, C, HW, BC, n_pix,
                           alpha, beta, sam_eps,
                           HAS_TEACHER: tl.constexpr, L1: tl.constexpr, BEBA_PAPER: tl.constexpr,
-                          ACC: tl.constexpr, SLOTS: tl.constexpr, BLOCK_C: tl.constexpr, BLOCK_P: tl.constexpr):
+                          ACC: tl.constexpr, SLOTS: tl.constexpr, BLOCK_C: tl.constexpr, BLOCK_P: tl.constexpr,
+                          STAGES: tl.constexpr):
     """One program: image b = program_id(1), BLOCK_P pixels, all C bands in BLOCK_C chunks."""
     b = tl.program_id(1)
     hw = tl.program_id(0) * BLOCK_P + tl.arange(0, BLOCK_P)
@@ -103,7 +104,7 @@ def _forward_paper_kernel(pred_ptr, target_ptr, teacher_ptr, stats_ptr, pix_ptr,
     nb2 = tl.zeros([BLOCK_C, BLOCK_P], ACC)
     rec = tl.zeros([BLOCK_C, BLOCK_P], ACC)
     trec = tl.zeros([BLOCK_C, BLOCK_P], ACC)
-    for c0 in range(0, C, BLOCK_C):
+    for c0 in tl.range(0, C, BLOCK_C, num_stages=STAGES):
         c = c0 + cs
         cmask = c < C
         mask = cmask[:, None] & pmask[None, :]
@@ -320,10 +321,10 @@ def _backward_reference_kernel(pred_ptr, target_ptr, teacher_ptr, stats_ptr, pix
 
 @triton.jit
 def _kd_forward_kernel(x_ptr, t_ptr, out_ptr, n, ACC: tl.constexpr, BLOCK: tl.constexpr,
-                       TILES: tl.constexpr):
+                       TILES: tl.constexpr, STAGES: tl.constexpr):
     """Adds sum(loss) / n of TILES consecutive blocks to out; loss = max(x, 0) - x z + log(1 + exp(-|x|))."""
     acc = tl.zeros([BLOCK], ACC)
-    for i in range(TILES):
+    for i in tl.range(0, TILES, num_stages=STAGES):
         offs = (tl.program_id(0) * TILES + i) * BLOCK + tl.arange(0, BLOCK)
         m = offs < n
         x = tl.load(x_ptr + offs, mask=m, other=0.0).to(ACC)
@@ -349,26 +350,38 @@ def _kd_backward_kernel(x_ptr, t_ptr, g_ptr, grad_ptr, n, ACC: tl.constexpr, BLO
 # ---------------------------------------------------------------- launchers
 
 @dataclass(frozen=True)
+class Tile:
+    """One kernel's tile: about `elems` values, at most `max_p` pixels along the contiguous axis (paper form;
+    the reference form takes a whole spectrum of up to 256 values), `warps` warps, and `stages` software
+    pipeline stages of the forward's loop over C (asynchronous copies: more bytes in flight per register)."""
+
+    elems: int
+    max_p: int = 256
+    warps: int = 8
+    stages: int = 1
+
+
+@dataclass(frozen=True)
 class Tiles:
-    """Tile shapes: `*_elems` values per tile, `*_max_p` pixels (paper) or values (reference) along the
-    contiguous axis. The defaults target an H100; the interpreter uses few large tiles instead."""
+    """Tiles of the four fusion kernels. GPU defaults chosen for an H100 from the compiled register counts
+    (about 80 registers in the paper forward, 60-95 in the backwards, no spills); `bench/losses.py --sweep`
+    times alternatives. The reference form's spectra start at unaligned offsets r·C, so its loads are not
+    vectorised and its forward needs more registers: smaller tiles."""
 
-    fwd_elems: int = 2048
-    fwd_max_p: int = 128
-    fwd_warps: int = 4
-    bwd_elems: int = 2048
-    bwd_max_p: int = 256
-    bwd_warps: int = 4
+    fwd_paper: Tile = Tile(2048, 256, 8, 3)
+    fwd_reference: Tile = Tile(1024, 256, 4)
+    bwd_paper: Tile = Tile(4096, 256, 8)
+    bwd_reference: Tile = Tile(2048, 256, 8)
 
 
+# The bench may replace GPU_TILES to time other tiles. The interpreter runs few large tiles (its cost is per
+# program and per operation, not per element).
 GPU_TILES = Tiles()
-INTERPRETER_TILES = Tiles(fwd_elems=65536, fwd_max_p=1024, bwd_elems=65536, bwd_max_p=1024)
-KD_BLOCK, KD_TILES = 4096, 4
+INTERPRETER_TILES = Tiles(*(Tile(65536, 1024),) * 4)
+KD_BLOCK, KD_TILES, KD_STAGES = 4096, 4, 3
 
 
-def _tiles(x: torch.Tensor, tiles: Tiles | None) -> Tiles:
-    if tiles is not None:
-        return tiles
+def _tiles(x: torch.Tensor) -> Tiles:
     return GPU_TILES if x.device.type == "cuda" else INTERPRETER_TILES
 
 
@@ -384,14 +397,14 @@ def _np2(x: int) -> int:
     return triton.next_power_of_2(max(1, x))
 
 
-def _blocks(C: int, HW: int, sam_paper: bool, elems: int, max_p: int) -> tuple[int, int]:
+def _blocks(C: int, HW: int, sam_paper: bool, tile: Tile) -> tuple[int, int]:
     """(rows, cols) of a tile: paper form (bands, pixels); reference form (rows of C, a row's values, at most
     256 so that a paper-size spectrum fits in one chunk)."""
     if sam_paper:
-        cols = min(_np2(HW), max_p)
-        return min(_np2(C), max(1, elems // cols)), cols
+        cols = min(_np2(HW), tile.max_p)
+        return min(_np2(C), max(1, tile.elems // cols)), cols
     cols = min(_np2(C), 256)
-    return max(1, elems // cols), cols
+    return max(1, tile.elems // cols), cols
 
 
 def _bands_met(C: int, HW: int, block_k: int) -> int:
@@ -400,22 +413,23 @@ def _bands_met(C: int, HW: int, block_k: int) -> int:
 
 
 def fusion_forward(pred, target, teacher, *, sam_paper: bool, beba_paper: bool, l1: bool, alpha: float,
-                   beta: float, eps: float, weights: tuple[float, float, float, float], tiles: Tiles | None = None):
+                   beta: float, eps: float, weights: tuple[float, float, float, float]):
     """Loss terms (rec, beba, sam, teacher_rec, total) as 0-d tensors, plus the `stats` and per-pixel `pix`
     buffers the backward needs. Inputs must be contiguous, of one shape (B, C, H, W), on one device."""
     B, C, H, W = pred.shape
     HW, BC, n_pix = H * W, B * C, B * H * W
     acc = _acc_dtype(pred, target, teacher)
-    cfg = _tiles(pred, tiles)
+    tile = _tiles(pred).fwd_paper if sam_paper else _tiles(pred).fwd_reference
     stats = torch.zeros(2 * BC + N_SCALARS * SLOTS, dtype=acc, device=pred.device)
     pix = torch.empty(2 * n_pix, dtype=acc, device=pred.device)
     has_teacher = teacher is not None
     common = dict(HAS_TEACHER=has_teacher, L1=l1, BEBA_PAPER=beba_paper, ACC=_tl(acc), SLOTS=SLOTS,
-                  num_warps=cfg.fwd_warps)
+                  num_warps=tile.warps)
     args = (pred, target, teacher if has_teacher else pred, stats, pix, C, HW, BC, n_pix, alpha, beta, SAM_EPS)
-    rows, cols = _blocks(C, HW, sam_paper, cfg.fwd_elems, cfg.fwd_max_p)
+    rows, cols = _blocks(C, HW, sam_paper, tile)
     if sam_paper:
-        _forward_paper_kernel[(triton.cdiv(HW, cols), B)](*args, BLOCK_C=rows, BLOCK_P=cols, **common)
+        _forward_paper_kernel[(triton.cdiv(HW, cols), B)](*args, BLOCK_C=rows, BLOCK_P=cols, STAGES=tile.stages,
+                                                          **common)
     else:
         _forward_reference_kernel[(triton.cdiv(n_pix, rows),)](*args, _bands_met(C, HW, cols), BLOCK_R=rows,
                                                                BLOCK_K=cols, **common)
@@ -426,13 +440,13 @@ def fusion_forward(pred, target, teacher, *, sam_paper: bool, beba_paper: bool, 
 
 
 def fusion_backward(grads, pred, target, teacher, stats, pix, *, sam_paper: bool, beba_paper: bool, l1: bool,
-                    alpha: float, beta: float, eps: float, weights: tuple[float, float, float, float],
-                    tiles: Tiles | None = None) -> torch.Tensor:
+                    alpha: float, beta: float, eps: float,
+                    weights: tuple[float, float, float, float]) -> torch.Tensor:
     """Gradient w.r.t. pred given the upstream gradients of (rec, beba, sam, teacher_rec, total), any None."""
     B, C, H, W = pred.shape
     HW, BC, n_pix = H * W, B * C, B * H * W
     acc = _acc_dtype(pred, target, teacher)
-    cfg = _tiles(pred, tiles)
+    tile = _tiles(pred).bwd_paper if sam_paper else _tiles(pred).bwd_reference
     grad = torch.empty_like(pred)
     g_mask = sum(1 << i for i, g in enumerate(grads) if g is not None)
     g_ptrs = [g if g is not None else stats for g in grads]
@@ -440,8 +454,8 @@ def fusion_backward(grads, pred, target, teacher, stats, pix, *, sam_paper: bool
     args = (pred, target, teacher if has_teacher else pred, stats, pix, grad, *g_ptrs, C, HW, BC, pred.numel(),
             n_pix, alpha, beta, eps, *weights)
     common = dict(HAS_TEACHER=has_teacher, L1=l1, BEBA_PAPER=beba_paper, G_MASK=g_mask, ACC=_tl(acc),
-                  num_warps=cfg.bwd_warps)
-    rows, cols = _blocks(C, HW, sam_paper, cfg.bwd_elems, cfg.bwd_max_p)
+                  num_warps=tile.warps)
+    rows, cols = _blocks(C, HW, sam_paper, tile)
     if sam_paper:
         grid = (triton.cdiv(HW, cols), B * triton.cdiv(C, rows))
         _backward_paper_kernel[grid](*args, BLOCK_C=rows, BLOCK_P=cols, **common)
@@ -457,7 +471,8 @@ def kd_forward(student: torch.Tensor, teacher: torch.Tensor) -> torch.Tensor:
     out = torch.zeros((), dtype=acc, device=student.device)
     n = student.numel()
     _kd_forward_kernel[(triton.cdiv(n, KD_BLOCK * KD_TILES),)](student, teacher, out, n, ACC=_tl(acc),
-                                                              BLOCK=KD_BLOCK, TILES=KD_TILES, num_warps=8)
+                                                              BLOCK=KD_BLOCK, TILES=KD_TILES, STAGES=KD_STAGES,
+                                                              num_warps=8)
     return out
 
 

@@ -37,7 +37,7 @@ def _chw(array: np.ndarray) -> torch.Tensor:
 
 
 def _seed(*parts) -> int:
-    mixed = [p if isinstance(p, int) else zlib.crc32(str(p).encode()) for p in parts]
+    mixed = [int(p) % 2 ** 64 if isinstance(p, (int, np.integer)) else zlib.crc32(str(p).encode()) for p in parts]
     return int(np.random.SeedSequence(mixed).generate_state(1, np.uint64)[0] >> np.uint64(1))
 
 

@@ -24,7 +24,8 @@ def test_172_preset_drops_the_papers_channels():
 def test_package_tables_equal_the_2014_calibration_and_the_papers_list():
     z = np.load(SHARED / "aviris_calibration_tables.npz")
     np.testing.assert_array_equal(aviris_wavelengths(), z["cal2014_center_nm"])
-    np.testing.assert_array_equal(aviris_wavelengths(AVIRIS_172_CHANNELS), z["cal2014_center_nm"][z["paper_keep_channels"] - 1])
+    np.testing.assert_array_equal(aviris_wavelengths(AVIRIS_172_CHANNELS),
+                                  z["cal2014_center_nm"][z["paper_keep_channels"] - 1])
     assert AVIRIS_172_CHANNELS == tuple(int(c) for c in z["paper_keep_channels"])
 
 

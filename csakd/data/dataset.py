@@ -15,6 +15,7 @@ from __future__ import annotations
 import json
 import os
 import zlib
+from functools import partial
 from pathlib import Path
 
 import numpy as np
@@ -66,6 +67,20 @@ def check_pair(name: str, hr: torch.Tensor, lr: torch.Tensor, msi: torch.Tensor)
         if not bool(torch.isfinite(x).all()):
             raise ValueError(f"{name}: {key}: expected finite values, found NaN or Inf")
     return scale
+
+
+# Loaders are module functions bound with partial (not lambdas) so that datasets pickle into DataLoader
+# workers started with "spawn".
+def _load_npz_pair(path) -> tuple:
+    return tuple(_chw(a) for a in read_pair(path))
+
+
+def _load_cube_pair(lr_path, msi_path, hr_path) -> tuple:
+    return tuple(_chw(read_cube(p).data) for p in (hr_path, lr_path, msi_path))
+
+
+def _held(data: np.ndarray) -> np.ndarray:
+    return data
 
 
 class _PairedSample:
@@ -210,8 +225,7 @@ class FusionDataset(Dataset):
             raise FileNotFoundError(f"{root}: files listed for split {split!r} are missing: {missing[:3]}")
         if not files:
             raise ValueError(f"root: expected paired .npz files for split {split!r} in {root}, found none")
-        samples = [_PairedSample(f.stem, lambda f=f: tuple(_chw(a) for a in read_pair(f)), os.path.getsize(f))
-                   for f in files]
+        samples = [_PairedSample(f.stem, partial(_load_npz_pair, f), os.path.getsize(f)) for f in files]
         return cls(samples, spec=spec, wavelengths=wavelengths, info=info, **kwargs)
 
     @classmethod
@@ -222,11 +236,7 @@ class FusionDataset(Dataset):
         if any(len(p) != 3 for p in pairs):
             raise ValueError("pairs: expected (lr_hsi_path, hr_msi_path, hr_hsi_path) triples")
         names = list(names) if names is not None else [Path(p[2]).stem for p in pairs]
-
-        def loader(lr_path, msi_path, hr_path):
-            return tuple(_chw(read_cube(p).data) for p in (hr_path, lr_path, msi_path))
-
-        samples = [_PairedSample(n, lambda p=p: loader(*p), sum(os.path.getsize(f) for f in p) * 2)
+        samples = [_PairedSample(n, partial(_load_cube_pair, *p), sum(os.path.getsize(f) for f in p) * 2)
                    for n, p in zip(names, pairs)]
         return cls(samples, **kwargs)
 
@@ -288,7 +298,8 @@ def cube_datasets(cubes, spec: DegradationSpec | None = None, channels=None, wav
     splits = ["all"] if split_by == "none" else list(check_fractions(fractions))
     info = {"notes": [n for s in scenes for n in s.notes], "scenes": names}
     def window(t):
-        return t.name, (lambda: scenes[t.scene].data), (t.top, t.left, t.height, t.width), scenes[0].data.shape[2]
+        return t.name, partial(_held, scenes[t.scene].data), (t.top, t.left, t.height, t.width), \
+            scenes[0].data.shape[2]
 
     return {split: FusionDataset([_TileSample(*window(t), spec, srfs[t.scene]) for t in tiles if t.split == split],
                                  spec=spec, wavelengths=scenes[0].wavelengths, seed=seed, cache=cache,
@@ -313,7 +324,7 @@ def generated_datasets(count: int, size: int = 256, spec: DegradationSpec | None
                        scale=spec.scale, split_by="scene", fractions=fractions, seed=seed)
     info = {"source": "generated", "size": size, "count": count, "seed": seed}
     def scene(k):
-        return lambda: generate_scene(size, size, bands=len(wl), seed=_seed(seed, k), wavelengths=wl)
+        return partial(generate_scene, size, size, bands=len(wl), seed=_seed(seed, k), wavelengths=wl)
 
     return {split: FusionDataset([_TileSample(t.name, scene(t.scene), (0, 0, size, size), len(wl), spec, srf)
                                   for t in tiles if t.split == split],

@@ -144,3 +144,16 @@ def test_user_paired_data_from_folder_and_from_pairs(tmp_path):
         FusionDataset.from_pairs([(tmp_path / "bad_lr.npy", tmp_path / "msi.npy", tmp_path / "gt.npy")])[0]
     with pytest.raises(FileNotFoundError):
         FusionDataset.from_folder(tmp_path, "test")
+
+
+def test_datasets_pickle_for_spawned_workers(tmp_path):
+    import pickle
+
+    cube = generate_scene(32, 32, bands=16, seed=2)
+    for ds in (generated_datasets(2, 16, bands=16)["train"],
+               cube_datasets([cube], wavelengths=np.linspace(400, 1000, 16), tile=16, split_by="none")["all"]):
+        clone = pickle.loads(pickle.dumps(ds))
+        assert torch.equal(clone[0]["lr_hsi"], ds[0]["lr_hsi"])
+    write_pair(tmp_path / "train" / "a.npz", cube, cube[::4, ::4], cube[:, :, :3])
+    ds = FusionDataset.from_folder(tmp_path, "train")
+    assert torch.equal(pickle.loads(pickle.dumps(ds))[0]["hr_msi"], ds[0]["hr_msi"])

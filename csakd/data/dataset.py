@@ -297,6 +297,10 @@ def cube_datasets(cubes, spec: DegradationSpec | None = None, channels=None, wav
     srfs = [spec.response(s.wavelengths, s.fwhm) for s in scenes]
     splits = ["all"] if split_by == "none" else list(check_fractions(fractions))
     info = {"notes": [n for s in scenes for n in s.notes], "scenes": names}
+    differ = [s.name for s in scenes[1:] if np.max(np.abs(s.wavelengths - scenes[0].wavelengths)) > 0.5]
+    if differ:
+        info["notes"].append(f"band centres of {differ} differ from {scenes[0].name}'s by more than 0.5 nm; each "
+                             f"scene's own spectral response is used, the dataset records {scenes[0].name}'s")
     def window(t):
         return t.name, partial(_held, scenes[t.scene].data), (t.top, t.left, t.height, t.width), \
             scenes[0].data.shape[2]

@@ -89,6 +89,34 @@ def _add_scalars(stats_ptr, BC, rec, trec, cos, HAS_TEACHER: tl.constexpr, SLOTS
 # ---------------------------------------------------------------- forward
 
 @triton.jit
+def _accumulate(pred_ptr, target_ptr, teacher_ptr, offs, mask, dot, na2, nb2, rec, trec, alpha, beta,
+                HAS_TEACHER: tl.constexpr, L1: tl.constexpr, BEBA_PAPER: tl.constexpr, ACC: tl.constexpr):
+    """Loads one chunk and adds it to the elementwise accumulators; returns them with the chunk's BEBA
+    pointwise values and y² (zero where masked), which the caller sums per band."""
+    p = tl.load(pred_ptr + offs, mask=mask, other=0.0).to(ACC)
+    t = tl.load(target_ptr + offs, mask=mask, other=0.0).to(ACC)
+    d = p - t
+    tt = t * t
+    rec += _rec_value(d, L1)
+    if HAS_TEACHER:
+        tp = tl.load(teacher_ptr + offs, mask=mask, other=0.0).to(ACC)
+        trec += _rec_value(p - tp, L1)
+    pw = tl.where(mask, _beba_value(d, alpha, beta, BEBA_PAPER), 0.0)
+    return dot + p * t, na2 + p * p, nb2 + tt, rec, trec, pw, tt
+
+
+@triton.jit
+def _finish(stats_ptr, pix_ptr, pix, valid, dot, na2, nb2, rec, trec, BC, n_pix, sam_eps,
+            HAS_TEACHER: tl.constexpr, SLOTS: tl.constexpr):
+    """dot, na2, nb2: the tile's per-spectrum sums; rec, trec: its reconstruction sums. Stores the SAM
+    coefficients of spectra `pix` and adds the scalar sums."""
+    cos, s1, s2 = _sam_finish(dot, na2, nb2, sam_eps)
+    tl.store(pix_ptr + pix, s1, mask=valid)
+    tl.store(pix_ptr + n_pix + pix, s2, mask=valid)
+    _add_scalars(stats_ptr, BC, rec, trec, tl.sum(tl.where(valid, cos, 0.0), 0), HAS_TEACHER, SLOTS)
+
+
+@triton.jit
 def _forward_paper_kernel(pred_ptr, target_ptr, teacher_ptr, stats_ptr, pix_ptr, C, HW, BC, n_pix,
                           alpha, beta, sam_eps,
                           HAS_TEACHER: tl.constexpr, L1: tl.constexpr, BEBA_PAPER: tl.constexpr,
@@ -99,37 +127,19 @@ def _forward_paper_kernel(pred_ptr, target_ptr, teacher_ptr, stats_ptr, pix_ptr,
     hw = tl.program_id(0) * BLOCK_P + tl.arange(0, BLOCK_P)
     pmask = hw < HW
     cs = tl.arange(0, BLOCK_C)
-    dot = tl.zeros([BLOCK_C, BLOCK_P], ACC)
-    na2 = tl.zeros([BLOCK_C, BLOCK_P], ACC)
-    nb2 = tl.zeros([BLOCK_C, BLOCK_P], ACC)
-    rec = tl.zeros([BLOCK_C, BLOCK_P], ACC)
-    trec = tl.zeros([BLOCK_C, BLOCK_P], ACC)
+    zero = tl.zeros([BLOCK_C, BLOCK_P], ACC)
+    dot, na2, nb2, rec, trec = zero, zero, zero, zero, zero
     for c0 in tl.range(0, C, BLOCK_C, num_stages=STAGES):
         c = c0 + cs
         cmask = c < C
         mask = cmask[:, None] & pmask[None, :]
-        offs = (b * C + c)[:, None] * HW + hw[None, :]
-        p = tl.load(pred_ptr + offs, mask=mask, other=0.0).to(ACC)
-        t = tl.load(target_ptr + offs, mask=mask, other=0.0).to(ACC)
-        d = p - t
-        tt = t * t
-        rec += _rec_value(d, L1)
-        pw = tl.where(mask, _beba_value(d, alpha, beta, BEBA_PAPER), 0.0)
-        band = b * C + c
-        tl.atomic_add(stats_ptr + band, tl.sum(pw, 1), mask=cmask)
-        tl.atomic_add(stats_ptr + BC + band, tl.sum(tt, 1), mask=cmask)
-        dot += p * t
-        na2 += p * p
-        nb2 += tt
-        if HAS_TEACHER:
-            tp = tl.load(teacher_ptr + offs, mask=mask, other=0.0).to(ACC)
-            trec += _rec_value(p - tp, L1)
-    cos, s1, s2 = _sam_finish(tl.sum(dot, 0), tl.sum(na2, 0), tl.sum(nb2, 0), sam_eps)
-    pix = b * HW + hw
-    tl.store(pix_ptr + pix, s1, mask=pmask)
-    tl.store(pix_ptr + n_pix + pix, s2, mask=pmask)
-    _add_scalars(stats_ptr, BC, tl.sum(tl.sum(rec, 1), 0), tl.sum(tl.sum(trec, 1), 0),
-                 tl.sum(tl.where(pmask, cos, 0.0), 0), HAS_TEACHER, SLOTS)
+        dot, na2, nb2, rec, trec, pw, tt = _accumulate(
+            pred_ptr, target_ptr, teacher_ptr, (b * C + c)[:, None] * HW + hw[None, :], mask, dot, na2, nb2, rec,
+            trec, alpha, beta, HAS_TEACHER, L1, BEBA_PAPER, ACC)
+        tl.atomic_add(stats_ptr + b * C + c, tl.sum(pw, 1), mask=cmask)
+        tl.atomic_add(stats_ptr + BC + b * C + c, tl.sum(tt, 1), mask=cmask)
+    _finish(stats_ptr, pix_ptr, b * HW + hw, pmask, tl.sum(dot, 0), tl.sum(na2, 0), tl.sum(nb2, 0),
+            tl.sum(tl.sum(rec, 1), 0), tl.sum(tl.sum(trec, 1), 0), BC, n_pix, sam_eps, HAS_TEACHER, SLOTS)
 
 
 @triton.jit
@@ -143,21 +153,14 @@ def _forward_reference_kernel(pred_ptr, target_ptr, teacher_ptr, stats_ptr, pix_
     rows = r0 + tl.arange(0, BLOCK_R)
     rmask = rows < n_pix
     ks = tl.arange(0, BLOCK_K)
-    dot = tl.zeros([BLOCK_R, BLOCK_K], ACC)
-    na2 = tl.zeros([BLOCK_R, BLOCK_K], ACC)
-    nb2 = tl.zeros([BLOCK_R, BLOCK_K], ACC)
-    rec = tl.zeros([BLOCK_R, BLOCK_K], ACC)
-    trec = tl.zeros([BLOCK_R, BLOCK_K], ACC)
+    zero = tl.zeros([BLOCK_R, BLOCK_K], ACC)
+    dot, na2, nb2, rec, trec = zero, zero, zero, zero, zero
     for k0 in range(0, C, BLOCK_K):
         k = k0 + ks
         mask = rmask[:, None] & (k < C)[None, :]
-        f = rows[:, None] * C + k[None, :]
-        p = tl.load(pred_ptr + f, mask=mask, other=0.0).to(ACC)
-        t = tl.load(target_ptr + f, mask=mask, other=0.0).to(ACC)
-        d = p - t
-        tt = t * t
-        rec += _rec_value(d, L1)
-        pw = tl.where(mask, _beba_value(d, alpha, beta, BEBA_PAPER), 0.0)
+        dot, na2, nb2, rec, trec, pw, tt = _accumulate(
+            pred_ptr, target_ptr, teacher_ptr, rows[:, None] * C + k[None, :], mask, dot, na2, nb2, rec, trec,
+            alpha, beta, HAS_TEACHER, L1, BEBA_PAPER, ACC)
         # Each row's chunk starts in band g0 and meets at most J bands (J = 2 once HW >= the chunk).
         start = rows * C + k0
         g0 = start // HW
@@ -167,17 +170,8 @@ def _forward_reference_kernel(pred_ptr, target_ptr, teacher_ptr, stats_ptr, pix_
             met = rmask & (lo < C - k0) & (lo < BLOCK_K)
             tl.atomic_add(stats_ptr + g0 + j, tl.sum(tl.where(inside, pw, 0.0), 1), mask=met)
             tl.atomic_add(stats_ptr + BC + g0 + j, tl.sum(tl.where(inside, tt, 0.0), 1), mask=met)
-        dot += p * t
-        na2 += p * p
-        nb2 += tt
-        if HAS_TEACHER:
-            tp = tl.load(teacher_ptr + f, mask=mask, other=0.0).to(ACC)
-            trec += _rec_value(p - tp, L1)
-    cos, s1, s2 = _sam_finish(tl.sum(dot, 1), tl.sum(na2, 1), tl.sum(nb2, 1), sam_eps)
-    tl.store(pix_ptr + rows, s1, mask=rmask)
-    tl.store(pix_ptr + n_pix + rows, s2, mask=rmask)
-    _add_scalars(stats_ptr, BC, tl.sum(tl.sum(rec, 1), 0), tl.sum(tl.sum(trec, 1), 0),
-                 tl.sum(tl.where(rmask, cos, 0.0), 0), HAS_TEACHER, SLOTS)
+    _finish(stats_ptr, pix_ptr, rows, rmask, tl.sum(dot, 1), tl.sum(na2, 1), tl.sum(nb2, 1),
+            tl.sum(tl.sum(rec, 1), 0), tl.sum(tl.sum(trec, 1), 0), BC, n_pix, sam_eps, HAS_TEACHER, SLOTS)
 
 
 @triton.jit

@@ -201,6 +201,28 @@ def test_half_inputs_match_reference(dtype, b, c, h, w, sam_form, beba_form, rec
                             beta=1.0, eps=0.1, weights={}, coefs={"total": 1.0}, grad_rtol=rtol, grad_atol=atol)
 
 
+@pytest.mark.parametrize("sam_form", ref.FORMS)
+@pytest.mark.parametrize("shape", [(2, 300, 2, 3), (1, 260, 1, 8), (1, 513, 4, 5)])
+def test_spectra_longer_than_one_chunk(sam_form, shape):
+    # Spectra of more than 256 values are summed over several chunks (and, with H·W < C, a reference-form row
+    # meets many bands).
+    pred, target, tp = make_inputs(12, shape, torch.float32, "cpu", scale=0.4, teacher=True, zero_pixel=True,
+                                   zero_band=False, sam_form=sam_form)
+    check_against_reference(pred, target, tp, sam_form=sam_form, beba_form="reference", rec="smooth_l1", alpha=0.5,
+                            beta=1.0, eps=0.1, weights={}, coefs={"total": 1.0, "sam": 0.5})
+
+
+def test_mixed_input_dtypes():
+    pred, target, tp = make_inputs(13, (2, 9, 3, 5), torch.float32, "cpu", scale=0.4, teacher=True,
+                                   zero_pixel=False, zero_band=False, sam_form="paper")
+    check_against_reference(pred.bfloat16().float(), target, tp.half(), sam_form="paper", beba_form="reference",
+                            rec="l1", alpha=0.5, beta=1.0, eps=0.1, weights={}, coefs={"total": 1.0})
+    # the same values with pred stored in bf16: the gradient comes back in bf16
+    check_against_reference(pred.bfloat16(), target, tp.half(), sam_form="paper", beba_form="reference", rec="l1",
+                            alpha=0.5, beta=1.0, eps=0.1, weights={}, coefs={"total": 1.0},
+                            grad_rtol=half_tolerances(torch.bfloat16, "cpu")[0])
+
+
 def test_float64_inputs_accumulate_in_float64():
     pred, target, tp = make_inputs(0, (2, 5, 3, 4), torch.float64, "cpu", scale=0.4, teacher=True,
                                    zero_pixel=True, zero_band=True, sam_form="paper")

@@ -7,8 +7,9 @@ Numerics: values are accumulated in fp32 (fp64 for fp64 inputs) whatever the inp
 are returned in that accumulation dtype; the gradient has pred's dtype. Sums use atomics, so results are
 reproducible to rounding, not bit for bit. Targets and teacher outputs are constants: `teacher_pred` and
 `teacher_fused` are detached (as in the reference objective); a `target` that requires grad is refused.
-Non-finite inputs: with `check_finite=True` a ValueError; otherwise NaN/Inf propagate as in the reference (a
-NaN in pred makes every term it enters NaN, and its gradient NaN where it reaches). A zero-norm spectrum has
+Non-finite inputs: with `check_finite=True` a ValueError; otherwise NaN/Inf propagate as in the reference: the
+same terms and the same gradient elements become NaN or Inf (a NaN in pred: rec, BEBA, SAM and the gradient of
+its pixel's spectrum; in target: also its whole band through the BEBA energy). A zero-norm spectrum has
 cos = 0 (SAM eps 1e-8 as in the reference); a band with zero energy divides by eps (BEBA eps).
 
 Without CUDA the kernels run in the Triton interpreter (set here before Triton is imported), on CPU tensors.

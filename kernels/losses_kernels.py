@@ -19,8 +19,9 @@ import torch
 import triton
 import triton.language as tl
 
-# Scalar sums are spread over this many slots (program id modulo) so that thousands of programs do not
-# serialise on three addresses; the finalize kernel adds the slots.
+# Atomics only accumulate (read after the kernel ends): relaxed order, no fences. Scalar sums are spread over
+# this many slots (program id modulo) so that thousands of programs do not serialise on three addresses; the
+# finalize kernel adds the slots.
 SLOTS = 64
 N_SCALARS = 3  # reconstruction, teacher reconstruction, SAM cosine
 SAM_EPS = 1e-8
@@ -80,10 +81,10 @@ def _sam_finish(dot, na2, nb2, sam_eps):
 @triton.jit
 def _add_scalars(stats_ptr, BC, rec, trec, cos, HAS_TEACHER: tl.constexpr, SLOTS: tl.constexpr):
     slot = stats_ptr + 2 * BC + tl.program_id(0) % SLOTS
-    tl.atomic_add(slot, rec)
+    tl.atomic_add(slot, rec, sem="relaxed")
     if HAS_TEACHER:
-        tl.atomic_add(slot + SLOTS, trec)
-    tl.atomic_add(slot + 2 * SLOTS, cos)
+        tl.atomic_add(slot + SLOTS, trec, sem="relaxed")
+    tl.atomic_add(slot + 2 * SLOTS, cos, sem="relaxed")
 
 
 # ---------------------------------------------------------------- forward
@@ -136,8 +137,8 @@ def _forward_paper_kernel(pred_ptr, target_ptr, teacher_ptr, stats_ptr, pix_ptr,
         dot, na2, nb2, rec, trec, pw, tt = _accumulate(
             pred_ptr, target_ptr, teacher_ptr, (b * C + c)[:, None] * HW + hw[None, :], mask, dot, na2, nb2, rec,
             trec, alpha, beta, HAS_TEACHER, L1, BEBA_PAPER, ACC)
-        tl.atomic_add(stats_ptr + b * C + c, tl.sum(pw, 1), mask=cmask)
-        tl.atomic_add(stats_ptr + BC + b * C + c, tl.sum(tt, 1), mask=cmask)
+        tl.atomic_add(stats_ptr + b * C + c, tl.sum(pw, 1), mask=cmask, sem="relaxed")
+        tl.atomic_add(stats_ptr + BC + b * C + c, tl.sum(tt, 1), mask=cmask, sem="relaxed")
     _finish(stats_ptr, pix_ptr, b * HW + hw, pmask, tl.sum(dot, 0), tl.sum(na2, 0), tl.sum(nb2, 0),
             tl.sum(tl.sum(rec, 1), 0), tl.sum(tl.sum(trec, 1), 0), BC, n_pix, sam_eps, HAS_TEACHER, SLOTS)
 
@@ -168,8 +169,8 @@ def _forward_reference_kernel(pred_ptr, target_ptr, teacher_ptr, stats_ptr, pix_
             lo = (g0 + j) * HW - start  # chunk-relative start of band g0 + j in each row
             inside = (ks[None, :] >= lo[:, None]) & (ks[None, :] < (lo + HW)[:, None])
             met = rmask & (lo < C - k0) & (lo < BLOCK_K)
-            tl.atomic_add(stats_ptr + g0 + j, tl.sum(tl.where(inside, pw, 0.0), 1), mask=met)
-            tl.atomic_add(stats_ptr + BC + g0 + j, tl.sum(tl.where(inside, tt, 0.0), 1), mask=met)
+            tl.atomic_add(stats_ptr + g0 + j, tl.sum(tl.where(inside, pw, 0.0), 1), mask=met, sem="relaxed")
+            tl.atomic_add(stats_ptr + BC + g0 + j, tl.sum(tl.where(inside, tt, 0.0), 1), mask=met, sem="relaxed")
     _finish(stats_ptr, pix_ptr, rows, rmask, tl.sum(dot, 1), tl.sum(na2, 1), tl.sum(nb2, 1),
             tl.sum(tl.sum(rec, 1), 0), tl.sum(tl.sum(trec, 1), 0), BC, n_pix, sam_eps, HAS_TEACHER, SLOTS)
 
@@ -327,7 +328,7 @@ def _kd_forward_kernel(x_ptr, t_ptr, out_ptr, n, ACC: tl.constexpr, BLOCK: tl.co
         # log1p(e): the series where 1 + e would round e away (confident logits)
         loss = tl.maximum(x, 0.0) - x * z + tl.where(e < 1e-4, e * (1.0 - 0.5 * e), tl.log(1.0 + e))
         acc += tl.where(m, loss, 0.0)
-    tl.atomic_add(out_ptr, tl.sum(acc, 0) / n)
+    tl.atomic_add(out_ptr, tl.sum(acc, 0) / n, sem="relaxed")
 
 
 @triton.jit

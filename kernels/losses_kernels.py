@@ -7,9 +7,10 @@ reference row f // C; its paper-form pixel is (f // (C·HW))·HW + f % HW.
 Forward, one read of pred/target(/teacher): a paper-form kernel tiles (bands x pixels) and loops over C so each
 pixel's spectrum is summed in registers; a reference-form kernel tiles (rows x C). Both add per-band sums
 (BEBA numerator and sum of y²) and the scalar sums (reconstruction, teacher reconstruction, SAM cosines) into a
-zeroed fp32 `stats` buffer with atomics, and store two SAM coefficients per pixel for the backward. A one-program
-kernel then turns the sums into the loss terms. Backward, one more read: an elementwise kernel combines the
-four terms' gradients from the saved band sums and pixel coefficients.
+zeroed fp32 `stats` buffer with atomics, and store two SAM coefficients per spectrum for the backward. A
+one-program kernel then turns the sums into the loss terms. Backward, one more read: an elementwise kernel (a
+tile of the same shape as its forward's) combines the four terms' gradients from the saved band sums and
+spectrum coefficients. Launches per call: a memset, two forward kernels, one backward kernel.
 """
 from __future__ import annotations
 

@@ -363,6 +363,7 @@ def check_kd(student, teacher, rtol=0.0, atol=0.0):
     assert ((s.grad.double() - s64.grad).abs() <= bound).all()
 
 
+@pytest.mark.filterwarnings("ignore:overflow:RuntimeWarning")  # exp(-x) of the interpreter's sigmoid: 1/(1+inf) = 0
 @given(shape=st.lists(st.integers(1, 9), min_size=1, max_size=4), scale=st.sampled_from([0.5, 4.0, 30.0]),
        seed=st.integers(0, 2 ** 16))
 def test_kd_matches_reference(shape, scale, seed):

@@ -95,8 +95,12 @@ def graphed(step, device):
 
 
 def time_modes(step, device, args) -> dict:
-    """{"launch": ms, "graph": ms or an error string}."""
-    out = {"launch": median_ms(step, device, args)}
+    """{"launch": ms, "graph": ms}, an error string in place of a time that could not be taken (a GPU session
+    is one shot: one failing implementation must not lose the others' results)."""
+    try:
+        out = {"launch": median_ms(step, device, args)}
+    except Exception as error:  # e.g. torch.compile failing on this machine
+        return {"launch": f"failed: {type(error).__name__}: {error}"}
     if device.type == "cuda":
         try:
             out["graph"] = median_ms(graphed(step, device), device, args)
@@ -196,7 +200,7 @@ def sweep_tiles(base, pred, target, tp, weights, device, copy_bw, args) -> list[
         for field, tiles in ((fwd_field, fwd_tiles), (bwd_field, bwd_tiles)):
             for tile in tiles:
                 losses_kernels.GPU_TILES = Tiles(**{**vars(best), field: tile})
-                ms = time_modes(step, device, args)["graph"]
+                ms = time_modes(step, device, args).get("graph", "launch failed")
                 row = with_bandwidth(dict(base, impl="fused", mode="graph", sweep=field, tile=vars(tile)), ms,
                                      copy_bw)
                 rows.append(row)

@@ -22,10 +22,16 @@ for stage in "$@"; do
         >"$OUT/build.log" 2>&1; echo "build rc=$?" | tee -a "$OUT/session.log"
       python3 -m csakd info 2>&1 | tee -a "$OUT/session.log" ;;
     tests)
+      # The GPU-marked property tests (larger shapes, bf16/fp16 on CUDA), then the device-aware suites.
+      # The interpreter-only CPU variants of the kernel tests run in CI.
       log tests
-      timeout "${TEST_TIMEOUT:-400}" python3 -m pytest -q -x -p no:cacheprovider --durations=15 tests \
-        >"$OUT/pytest.log" 2>&1; echo "pytest rc=$?" | tee -a "$OUT/session.log"
-      tail -n 25 "$OUT/pytest.log" ;;
+      timeout "${TEST_TIMEOUT:-300}" python3 -X faulthandler -m pytest -q -p no:cacheprovider -m gpu \
+        --durations=10 tests >"$OUT/pytest_gpu.log" 2>&1; echo "pytest -m gpu rc=$?" | tee -a "$OUT/session.log"
+      tail -n 15 "$OUT/pytest_gpu.log"
+      timeout "${TEST_TIMEOUT:-300}" python3 -X faulthandler -m pytest -q -p no:cacheprovider tests/test_backends.py \
+        tests/test_models.py tests/test_losses.py tests/test_metrics.py tests/test_io.py \
+        >"$OUT/pytest_device.log" 2>&1; echo "pytest device-aware rc=$?" | tee -a "$OUT/session.log"
+      tail -n 15 "$OUT/pytest_device.log" ;;
     latency)
       log latency
       python3 bench/latency.py --out "$OUT/latency_gpu.json" 2>&1 | tail -n 40 | tee -a "$OUT/session.log" ;;

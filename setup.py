@@ -15,7 +15,7 @@ from setuptools import find_packages, setup
 packages = find_packages(include=["csakd", "csakd.*"]) + ["csakd.kernels"]
 package_dir = {"csakd.kernels": "kernels"}
 
-CPU_SOURCES = ["csrc/clrb/clrb.cpp", "csrc/clrb/clrb_cpu.cpp"]
+CPU_SOURCES = ["csrc/clrb/module.cpp", "csrc/clrb/clrb.cpp", "csrc/clrb/clrb_cpu.cpp"]
 CUDA_SOURCES = ["csrc/clrb/clrb_cuda.cpp"] + sorted(glob("csrc/clrb/*.cu"))
 
 
@@ -56,14 +56,16 @@ def extension_build():
     with_cuda = cuda_ok if forced is None else forced == "1"
     note(f"building csakd._C for CPU{' and CUDA' if with_cuda else ''} with torch {torch.__version__}")
 
+    # Not py_limited_api: the library is tied to the installed torch's C++ ABI anyway, so the limited API gains
+    # nothing, and it compiles and links the library unlike other torch extensions (-DPy_LIMITED_API, without
+    # libtorch_python, which turns the ops' c10::Error into RuntimeError).
     cxx_flags = ["-O3"]
     if with_cuda:
         ext = cpp_extension.CUDAExtension(
-            "csakd._C", CPU_SOURCES + CUDA_SOURCES, py_limited_api=True,
+            "csakd._C", CPU_SOURCES + CUDA_SOURCES,
             extra_compile_args={"cxx": cxx_flags, "nvcc": ["-O3", "-lineinfo"]})
     else:
-        ext = cpp_extension.CppExtension("csakd._C", CPU_SOURCES, py_limited_api=True,
-                                         extra_compile_args={"cxx": cxx_flags})
+        ext = cpp_extension.CppExtension("csakd._C", CPU_SOURCES, extra_compile_args={"cxx": cxx_flags})
 
     class OptionalBuildExtension(cpp_extension.BuildExtension):
         """A failed build of the extension leaves the pure-Python package installed (unless CUDA was forced)."""

@@ -1,17 +1,7 @@
-// Schema of the csakd CLRB ops, their argument checks, and the Python module `csakd._C` whose import
-// registers them (the ops are then reached as torch.ops.csakd.*).
-#include <Python.h>
+// Schema of the csakd CLRB ops and their argument checks (the Python module that loads them: module.cpp).
 #include <torch/library.h>
 
 #include "clrb.h"
-
-extern "C" {
-// An empty module: importing csakd._C loads this library, whose static initialisers register the ops.
-PyObject* PyInit__C(void) {
-  static struct PyModuleDef module_def = {PyModuleDef_HEAD_INIT, "_C", nullptr, -1, nullptr};
-  return PyModule_Create(&module_def);
-}
-}
 
 namespace csakd {
 

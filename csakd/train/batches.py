@@ -11,6 +11,8 @@ import torch
 from torch.utils.data import Dataset, Sampler
 from torch.utils.data.distributed import DistributedSampler
 
+from ..data import crop_flip_rotate
+
 IMAGE_KEYS = ("lr_hsi", "hr_msi", "hr_hsi")
 
 
@@ -31,29 +33,6 @@ def as_chw(name: str, x) -> torch.Tensor:
     return t.float().contiguous()
 
 
-def crop_and_augment(item: dict, crop: int, scale: int, gen: torch.Generator, augment: bool = True) -> dict:
-    """A random `crop`² HR window (crop/scale on the LR grid, aligned with it) with the same random flips and
-    rot90 applied to the three images."""
-    lr, msi, hr = (as_chw(k, item[k]) for k in IMAGE_KEYS)
-    lc = crop // scale
-    h, w = lr.shape[-2:]
-    if h < lc or w < lc:
-        raise ValueError(f"crop: expected at most {min(h, w) * scale} (the images are {h * scale}x{w * scale} "
-                         f"at HR), got {crop}")
-    i = int(torch.randint(0, h - lc + 1, (1,), generator=gen))
-    j = int(torch.randint(0, w - lc + 1, (1,), generator=gen))
-    images = [lr[:, i:i + lc, j:j + lc], msi[:, i * scale:(i + lc) * scale, j * scale:(j + lc) * scale],
-              hr[:, i * scale:(i + lc) * scale, j * scale:(j + lc) * scale]]
-    if augment:
-        flip_h, flip_v, turns = torch.randint(0, 2, (2,), generator=gen).tolist() + [
-            int(torch.randint(0, 4, (1,), generator=gen))]
-        dims = [d for d, flag in ((-1, flip_h), (-2, flip_v)) if flag]
-        images = [torch.rot90(x.flip(dims) if dims else x, turns, dims=(-2, -1)) for x in images]
-    out = dict(item)
-    out.update({k: x.contiguous() for k, x in zip(IMAGE_KEYS, images)})
-    return out
-
-
 class TrainingView(Dataset):
     """Indexed by (epoch, index) keys from `EpochSampler`: the base item, cropped and augmented with a
     generator seeded from (seed, epoch, index)."""
@@ -67,7 +46,8 @@ class TrainingView(Dataset):
     def __getitem__(self, key) -> dict:
         epoch, index = key
         item = self.base[index]
-        out = crop_and_augment(item, self.crop, self.scale, generator(self.seed, 1, epoch, index), self.augment)
+        item = {k: as_chw(k, item[k]) for k in IMAGE_KEYS}
+        out = crop_flip_rotate(item, self.crop, self.scale, generator(self.seed, 1, epoch, index), self.augment)
         return {k: out[k] for k in IMAGE_KEYS} | {"index": index}
 
 

@@ -23,17 +23,22 @@ def _snr(text: str):
         raise argparse.ArgumentTypeError(f"expected a number of dB or 'none', got {text!r}") from None
 
 
-def add_data_arguments(parser: argparse.ArgumentParser, default_scenes: int = 16) -> None:
+def add_data_arguments(parser: argparse.ArgumentParser) -> None:
     group = parser.add_argument_group("data")
     group.add_argument("--data", default=None,
                        help="training data: 'generated' (synthetic scenes made in memory by the embedded "
-                            "generator, the default) or a dataset folder written by `csakd synth`")
+                            "generator, the default) or a dataset folder written by `csakd synth` (its 'train' "
+                            "split)")
     group.add_argument("--val-data", default=None,
-                       help="validation data, as --data (default with 'generated': other generated scenes; "
-                            "with a folder: its validation split if it has one)")
+                       help="validation data: a dataset folder (its 'val' split) (default: with 'generated', "
+                            "other generated scenes; with a folder, its 'val' split if it has one)")
     group.add_argument("--scenes", type=int, default=None,
-                       help=f"number of generated training scenes (default {default_scenes})")
-    group.add_argument("--val-scenes", type=int, default=None, help="number of generated validation scenes (default 4)")
+                       help="number of generated training scenes (default 16)")
+    group.add_argument("--val-scenes", type=int, default=None,
+                       help="number of generated validation scenes, used to pick the best checkpoint (default 4)")
+    group.add_argument("--test-scenes", type=int, default=None,
+                       help="number of generated test scenes kept aside for `csakd eval --checkpoint RUN` "
+                            "(default 4)")
     group.add_argument("--scene-size", type=int, default=None,
                        help="HR side of each generated scene in pixels (default 64)")
     group.add_argument("--bands", type=int, default=None,
@@ -122,7 +127,8 @@ _FIELDS = {"mode": "mode", "teacher": "teacher", "student": "student", "csa": "c
            "tensorboard": "tensorboard"}
 _LOSS_FIELDS = {"loss_beba": "beba", "loss_sam": "sam", "loss_kd": "kd", "loss_teacher_rec": "teacher_rec",
                 "rec": "rec", "sam_form": "sam_form", "beba_form": "beba_form"}
-_DATA_OPTIONS = ("data", "val_data", "scenes", "val_scenes", "scene_size", "bands", "data_seed", "degradation")
+_DATA_OPTIONS = ("data", "val_data", "scenes", "val_scenes", "test_scenes", "scene_size", "bands", "data_seed",
+                 "degradation")
 
 
 def overrides_from_args(args) -> dict:
@@ -141,10 +147,12 @@ def overrides_from_args(args) -> dict:
 
 
 def data_sources(args, defaults: dict | None = None) -> dict:
-    """{"train": source, "val": source or None} from the data options (see `csakd.train.data.open_source`)."""
+    """{"train": source, "val": source or None} from the data options (see `csakd.train.data`)."""
     import json
 
-    defaults = defaults or {}
+    from .data import generated_source, with_split
+
+    defaults = {"scenes": 16, "val_scenes": 4, "test_scenes": 4, "size": 64, "bands": 172, **(defaults or {})}
     opt = {k: getattr(args, k, None) for k in _DATA_OPTIONS}
     degradation = None
     if opt["degradation"] is not None:
@@ -152,35 +160,29 @@ def data_sources(args, defaults: dict | None = None) -> dict:
         if not path.is_file():
             raise FileNotFoundError(f"degradation: no such file {str(path)!r}")
         degradation = json.loads(path.read_text())
+    kind = opt["data"] or "generated"
+    if kind == "generated":
+        def pick(key, default_key):
+            return opt[key] if opt[key] is not None else defaults[default_key]
 
-    def generated(count, seed):
-        return {"kind": "generated", "count": count, "size": opt["scene_size"] or defaults.get("size", 64),
-                "bands": opt["bands"] or defaults.get("bands", 172), "seed": seed, "degradation": degradation}
-
-    train_kind = opt["data"] or "generated"
-    seed = opt["data_seed"] if opt["data_seed"] is not None else 0
-    n_train = opt["scenes"] or defaults.get("scenes", 16)
-    if train_kind == "generated":
-        train = generated(n_train, seed)
+        train = generated_source(pick("scenes", "scenes"), pick("val_scenes", "val_scenes"),
+                                 pick("test_scenes", "test_scenes"), pick("scene_size", "size"),
+                                 pick("bands", "bands"), opt["data_seed"] or 0, degradation)
+        val = with_split(train, "val")
     else:
-        train = _folder(train_kind, "train")
-    val_kind = opt["val_data"] or ("generated" if train_kind == "generated" else None)
-    if val_kind == "generated":
-        # Held-out scenes: seeds after the training scenes'.
-        val = generated(opt["val_scenes"] or defaults.get("val_scenes", 4), seed + n_train)
-    elif val_kind is not None:
-        val = _folder(val_kind, "val")
-    else:
-        val = _folder(train_kind, "val", required=False)
+        train = _folder(kind, "train")
+        val = None
+    if opt["val_data"] is not None:
+        val = _folder(opt["val_data"], "val")
+    elif kind != "generated":
+        val = _folder(kind, "val")
     return {"train": train, "val": val}
 
 
-def _folder(path: str, split: str, required: bool = True) -> dict | None:
+def _folder(path: str, split: str) -> dict:
     folder = Path(path)
     if not folder.exists():
-        if required:
-            raise FileNotFoundError(f"data: no such dataset folder {path!r} (or use 'generated')")
-        return None
+        raise FileNotFoundError(f"data: no such dataset folder {path!r} (or use 'generated')")
     return {"kind": "folder", "path": str(folder.resolve()), "split": split}
 
 
@@ -192,11 +194,10 @@ def _open(sources: dict):
     if sources.get("val") is not None:
         try:
             val, _ = open_source(sources["val"])
-        except (ValueError, FileNotFoundError):
-            if sources["val"].get("kind") == "folder" and sources["val"].get("split") == "val":
-                val = None  # the folder has no validation split
-            else:
+        except ValueError:
+            if sources["val"] != {**sources["train"], "split": "val"}:
                 raise
+            sources["val"] = None  # the training folder has no validation split
     return train, val, degradation
 
 

@@ -116,7 +116,8 @@ class TrainConfig:
     def save(self, path) -> None:
         from .checkpoint import atomic_write_text
 
-        atomic_write_text(path, json.dumps(self.to_dict(), indent=2, sort_keys=True))
+        # Key order is kept: the scene split of generated data follows the order of its fractions.
+        atomic_write_text(path, json.dumps(self.to_dict(), indent=2))
 
     @classmethod
     def from_dict(cls, d: dict) -> "TrainConfig":

@@ -1,72 +1,51 @@
-"""Where training and evaluation data come from: scenes made by the embedded generator (held in memory), or a
-dataset folder written by `csakd synth`. A source is described by a small dict, stored in the run's config so
-that `--resume` reopens the same data."""
+"""Where training and evaluation data come from, as a small dict stored in the run's config (so that `--resume`
+and `csakd eval` reopen the same data):
+
+- {"kind": "generated", "count", "size", "bands", "seed", "fractions", "split", "degradation"}: scenes of the
+  embedded generator, split by scene into train/val/test (`csakd.data.generated_datasets`);
+- {"kind": "folder", "path", "split"}: a dataset folder written by `csakd synth` (`FusionDataset.from_folder`).
+"""
 from __future__ import annotations
 
 import numpy as np
-import torch
-from torch.utils.data import Dataset
 
-from ..data import DegradationSpec, aviris_172_wavelengths, degrade, generate_scene
+from ..data import DegradationSpec, FusionDataset, generated_datasets
 
 
-def generated_wavelengths(bands: int) -> np.ndarray:
-    """`bands` centres spread evenly (by index) over the paper's AVIRIS 172-band grid."""
-    grid = aviris_172_wavelengths()
-    if bands > len(grid):
-        raise ValueError(f"bands: expected at most {len(grid)} for generated scenes, got {bands}")
-    return grid[np.round(np.linspace(0, len(grid) - 1, bands)).astype(int)]
+def generated_source(train: int, val: int, test: int, size: int, bands: int, seed: int = 0,
+                     degradation: dict | None = None, split: str = "train") -> dict:
+    """`train + val + test` generated scenes split by scene; the source of one split of them."""
+    counts = {"train": train, "val": val, "test": test}
+    for name, value in {**counts, "size": size, "bands": bands}.items():
+        if not isinstance(value, int) or value < 0 or (value == 0 and name in ("size", "bands")):
+            raise ValueError(f"{name}: expected a {'positive' if name in ('size', 'bands') else 'non-negative'} "
+                             f"integer, got {value!r}")
+    if counts[split] < 1:
+        raise ValueError(f"split: expected a split with scenes, got {split!r} with none ({counts})")
+    total = sum(counts.values())
+    return {"kind": "generated", "count": total, "size": size, "bands": bands, "seed": seed,
+            "fractions": {k: v / total for k, v in counts.items() if v}, "split": split, "degradation": degradation}
 
 
-def normalise(cube: np.ndarray) -> tuple[np.ndarray, float, float]:
-    """(y - min) / (max - min) with the image's own extrema (SPEC §1), which are returned for de-normalising."""
-    lo, hi = float(cube.min()), float(cube.max())
-    if not hi > lo:
-        raise ValueError(f"hr_hsi: expected an image with more than one value, got constant {lo}")
-    return (cube - lo) / (hi - lo), lo, hi
-
-
-class GeneratedScenes(Dataset):
-    """`count` synthetic scenes of `size`² HR pixels (seeds seed, seed+1, ...), normalised per image and
-    degraded with `spec`; items are dicts of (C, H, W) float32 tensors plus "min", "max" and "name"."""
-
-    def __init__(self, count: int, size: int, bands: int, seed: int = 0, spec: DegradationSpec | None = None):
-        for name, value in (("count", count), ("size", size), ("bands", bands)):
-            if not isinstance(value, int) or value < 1:
-                raise ValueError(f"{name}: expected a positive integer, got {value!r}")
-        self.spec = spec or DegradationSpec()
-        if size % self.spec.scale:
-            raise ValueError(f"size: expected a multiple of the scale {self.spec.scale}, got {size}")
-        self.wavelengths = generated_wavelengths(bands)
-        self.items = []
-        for k in range(count):
-            cube, lo, hi = normalise(generate_scene(size, size, bands, seed=seed + k, wavelengths=self.wavelengths))
-            hr = torch.from_numpy(np.ascontiguousarray(cube.transpose(2, 0, 1), dtype=np.float32))
-            lr, msi = degrade(hr, self.spec, self.wavelengths)
-            self.items.append({"lr_hsi": lr, "hr_msi": msi, "hr_hsi": hr, "min": lo, "max": hi,
-                               "name": f"generated-{seed + k}"})
-
-    def __len__(self) -> int:
-        return len(self.items)
-
-    def __getitem__(self, index: int) -> dict:
-        return self.items[index]
+def with_split(source: dict, split: str) -> dict | None:
+    """The same data's other split (None when a generated source has no such split)."""
+    if source["kind"] == "generated" and split not in source["fractions"]:
+        return None
+    return {**source, "split": split}
 
 
 def open_source(source: dict):
-    """The dataset a source dict describes: {"kind": "generated", "count", "size", "bands", "seed",
-    "degradation"} or {"kind": "folder", "path", "split"}. Returns (dataset, degradation dict or None)."""
-    kind = source.get("kind")
+    """The dataset a source dict describes (whole images, scaled to [0, 1] per image) and its degradation
+    spec as a dict (None when unknown)."""
+    kind = source.get("kind") if isinstance(source, dict) else None
     if kind == "generated":
         spec = DegradationSpec.from_dict(source["degradation"]) if source.get("degradation") else DegradationSpec()
-        data = GeneratedScenes(source["count"], source["size"], source["bands"], source.get("seed", 0), spec)
-        return data, spec.to_dict()
+        splits = generated_datasets(source["count"], source["size"], spec, bands=source["bands"],
+                                    fractions=source["fractions"], seed=source["seed"])
+        return splits[source["split"]], spec.to_dict()
     if kind == "folder":
-        from ..data import FusionDataset
-
-        data = FusionDataset(source["path"], **({"split": source["split"]} if source.get("split") else {}))
-        spec = getattr(data, "spec", None)
-        return data, spec.to_dict() if spec is not None else None
+        data = FusionDataset.from_folder(source["path"], split=source.get("split"))
+        return data, data.spec.to_dict() if data.spec is not None else None
     raise ValueError(f"data: expected a source of kind 'generated' or 'folder', got {source!r}")
 
 

@@ -63,7 +63,7 @@ def run_demo(out_dir, settings: DemoSettings, progress: bool = True, log=print) 
     from ..baselines import BASELINES
     from ..io import load_model
     from .checkpoint import resolve_model_file
-    from .data import open_source, shapes
+    from .data import generated_source, open_source, shapes, with_split
     from .evaluate import evaluate_methods, ground_truths
     from .report import plot_training_curve, write_evaluation
     from .runlog import RunLog
@@ -77,12 +77,9 @@ def run_demo(out_dir, settings: DemoSettings, progress: bool = True, log=print) 
     t_start = time.perf_counter()
     torch.manual_seed(s.seed)
 
-    def source(count, seed):
-        return {"kind": "generated", "count": count, "size": s.scene_size, "bands": s.bands, "seed": seed,
-                "degradation": None}
-
-    sources = {"train": source(s.train_scenes, 0), "val": source(s.val_scenes, s.train_scenes)}
-    test_source = source(s.test_scenes, s.train_scenes + s.val_scenes)
+    train_source = generated_source(s.train_scenes, s.val_scenes, s.test_scenes, s.scene_size, s.bands, seed=0)
+    sources = {"train": train_source, "val": with_split(train_source, "val")}
+    test_source = with_split(train_source, "test")
     log(f"synthesising {s.train_scenes} training, {s.val_scenes} validation and {s.test_scenes} test scenes "
         f"({s.scene_size}x{s.scene_size}, {s.bands} bands)")
     train, degradation = open_source(sources["train"])
@@ -152,8 +149,9 @@ def write_report(out: Path, result: dict, results: dict, figures: dict) -> Path:
         f"generated {s['scene_size']}x{s['scene_size']} scenes with learning rate {s['lr_teacher']:g} (tuned for "
         "these small networks; the paper uses 1e-4 for 600 epochs on 128x128 crops).", "",
         "## Setup", "",
-        f"- Data: the embedded synthetic scene generator, seeds 0-{s['train_scenes'] - 1} for training, the next "
-        f"{s['val_scenes']} for validation (checkpoint selection) and the next {s['test_scenes']} for the test below.",
+        f"- Data: {s['train_scenes'] + s['val_scenes'] + s['test_scenes']} scenes of the embedded synthetic scene "
+        f"generator, split by scene: {s['train_scenes']} for training, {s['val_scenes']} for validation (checkpoint "
+        f"selection) and {s['test_scenes']} held out for the test below.",
         "- Degradation (Wald's protocol): " + _describe_degradation(result["degradation"]),
         f"- Training: online distillation (SPEC §4), AdamW, teacher cosine to 1e-10, student StepLR every "
         f"{s['step_epochs']} epochs x{s['gamma']}, AWGN at 35 dB on the LR-HSI, batch {s['batch_size']}, seed "

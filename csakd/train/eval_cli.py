@@ -53,28 +53,28 @@ def check_compatible(models: dict, dataset) -> None:
 
 
 def dataset_for(args, models: dict):
-    """The evaluation data: --data if given, else the run's validation data when --checkpoint is a run folder,
-    else generated scenes matching the checkpoint's band count."""
+    """The evaluation data: --data if given, else the run's test split (or validation data) when --checkpoint
+    is a run folder, else generated scenes matching the checkpoint's band count."""
+    import json
+
     from .config import TrainConfig
-    from .data import open_source
+    from .data import generated_source, open_source, with_split
 
     run_config = Path(args.checkpoint) / "config.json"
     if args.data is None and run_config.is_file():
-        source = TrainConfig.load(run_config).data.get("val")
+        data = TrainConfig.load(run_config).data
+        source = (with_split(data["train"], "test") if data.get("train") else None) or data.get("val")
         if source is None:
-            raise ValueError(f"data: the run {args.checkpoint!r} has no validation data; give --data")
+            raise ValueError(f"data: the run {args.checkpoint!r} has no test or validation data; give --data")
     elif args.data in (None, "generated"):
-        bands = next(iter(models.values())).config.bands
         degradation = None
         if args.degradation:
-            import json
-
             path = Path(args.degradation)
             if not path.is_file():
                 raise FileNotFoundError(f"degradation: no such file {str(path)!r}")
             degradation = json.loads(path.read_text())
-        source = {"kind": "generated", "count": args.scenes, "size": args.scene_size, "bands": bands,
-                  "seed": args.data_seed, "degradation": degradation}
+        source = generated_source(0, 0, args.scenes, args.scene_size, next(iter(models.values())).config.bands,
+                                  args.data_seed, degradation, split="test")
     else:
         if not Path(args.data).exists():
             raise FileNotFoundError(f"data: no such dataset folder {args.data!r} (or use 'generated')")
@@ -133,8 +133,8 @@ def register(subparsers) -> None:
                         help="which network of a run/checkpoint folder to evaluate (default: all present)")
     parser.add_argument("--data", default=None,
                         help="'generated' (synthetic scenes matching the checkpoint's bands) or a dataset folder "
-                             "written by `csakd synth` (default: the run's validation data when --checkpoint is a "
-                             "run folder, else 'generated')")
+                             "written by `csakd synth` (default: when --checkpoint is a run folder, its held-out "
+                             "test scenes, else its validation data; otherwise 'generated')")
     parser.add_argument("--split", default="test", help="split of a dataset folder to evaluate (default 'test')")
     parser.add_argument("--scenes", type=int, default=4, help="number of generated test scenes (default 4)")
     parser.add_argument("--scene-size", type=int, default=64, help="HR side of generated scenes (default 64)")

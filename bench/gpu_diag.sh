@@ -87,6 +87,7 @@ if [ -n "$first_crash" ]; then
     IFS=- read -r device grad site <<<"$first_crash"
     crash_cmd=(python3 "$case_file" "$device" "$grad" "$site")
   fi
+  crash_cmd[0]=$(python3 -c "import sys; print(sys.executable)")  # the interpreter itself, not a shim script
   debugger=$(command -v cuda-gdb || command -v gdb || true)
   say "backtrace of $first_crash with ${debugger:-no debugger found}:"
   if [ -n "$debugger" ]; then

@@ -14,12 +14,7 @@ def _read(path: str, name: str) -> np.ndarray:
 
     if not Path(path).exists():
         raise FileNotFoundError(f"{name}: no such file {path!r}")
-    cube = read_cube(path)
-    cube = getattr(cube, "cube", cube[0] if isinstance(cube, tuple) else cube)
-    cube = np.asarray(cube)
-    if cube.ndim != 3:
-        raise ValueError(f"{name}: expected a height x width x bands cube, got shape {cube.shape} from {path!r}")
-    return cube
+    return np.asarray(read_cube(path).data)
 
 
 def fuse_files(checkpoint, lr_path, msi_path, out_path, network: str = "student", tile: int = 64,

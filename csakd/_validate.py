@@ -16,9 +16,11 @@ def check_float_tensor(name: str, x, ndim: int | None = None, channels: int | No
     if channels is not None and x.shape[1] != channels:
         raise ValueError(f"{name}: expected {channels} channels (dim 1), got {x.shape[1]} "
                          f"(shape {tuple(x.shape)})")
-    # The finiteness check syncs with the device; skip it while tracing for torch.compile.
+    # The finiteness check syncs with the device; skip it while tracing for torch.compile and while capturing a
+    # CUDA graph (csakd.compile_for), where a sync is an error.
     if (finite and x.device.type != "meta" and not torch.compiler.is_compiling() and x.numel()
-             and not bool(torch.isfinite(x).all())):
+            and not (x.device.type == "cuda" and torch.cuda.is_current_stream_capturing())
+            and not bool(torch.isfinite(x).all())):
         raise ValueError(f"{name}: expected finite values, found NaN or Inf")
 
 

@@ -25,6 +25,14 @@ def clrb_reference(x: torch.Tensor, weights: list[torch.Tensor], biases: list[to
     return x + RES_SCALE * y
 
 
+def clra_reference(x: torch.Tensor, clrb_params, groups: int = 1) -> torch.Tensor:
+    """CLRA from weights: one `clrb_reference` per (weights, biases) pair, then `x + 0.2 * y` (as `CLRA`)."""
+    y = x
+    for weights, biases in clrb_params:
+        y = clrb_reference(y, weights, biases, groups)
+    return x + RES_SCALE * y
+
+
 class CLRB(nn.Module):
     """Five dense 3x3 convs: in channels nf + k*gc, out gc (conv1-4) and nf (conv5)."""
 
@@ -88,4 +96,4 @@ def clrb_flops(nf: int, gc: int, groups: int, h: int, w: int) -> int:
     return macs
 
 
-__all__ = ["CLRB", "CLRA", "Stem", "clrb_reference", "clrb_flops", "SLOPE", "RES_SCALE"]
+__all__ = ["CLRB", "CLRA", "Stem", "clra_reference", "clrb_reference", "clrb_flops", "SLOPE", "RES_SCALE"]

@@ -21,6 +21,7 @@ from typing import Callable
 import torch
 
 from .. import losses
+from ..models.blocks import clra_reference
 
 log = logging.getLogger("csakd.ops")
 
@@ -50,13 +51,20 @@ def get_backend() -> str:
 @dataclass(frozen=True)
 class Backend:
     """Implementations of the three fast-path operations: `clra(module, x)`, `csa(module, x1, x2, x3, x4)`,
-    and the two training objectives with the signatures of `csakd.losses`."""
+    and the two training objectives with the signatures of `csakd.losses`.
+
+    The prepared inference path (`DTSNet.prepare`) runs on weights that are not module parameters and uses the
+    functional forms: `clra_fn(x, [(weights, biases)] * 3, groups)`, and `csa_fn(x1, x2, x3, x4, params, mode,
+    heads)` for a fused CSA kernel, None where the backend has none (that path then uses the folded PyTorch
+    formulation `csakd.models.csa.csa_folded`)."""
 
     name: str
     clra: Callable
     csa: Callable
     teacher_objective: Callable
     student_objective: Callable
+    clra_fn: Callable = clra_reference
+    csa_fn: Callable | None = None
 
 
 def _call_module(module, *args):
@@ -120,14 +128,14 @@ def _triton_parts():
             return module(x1, x2, x3, x4)
         return csa_kernels.csa_fuse(x1, x2, x3, x4, module.params(), module.mode, module.heads)
 
-    return dict(csa=csa, teacher_objective=loss_kernels.teacher_objective,
+    return dict(csa=csa, csa_fn=csa_kernels.csa_fuse, teacher_objective=loss_kernels.teacher_objective,
                 student_objective=loss_kernels.student_objective)
 
 
 def _extension_clra():
     from . import clrb
 
-    return clrb.clra_module
+    return dict(clra=clrb.clra_module, clra_fn=clrb.clra)
 
 
 def _auto_choice(device_type: str, dtype: torch.dtype) -> tuple[str, str]:
@@ -165,7 +173,7 @@ def _build(name: str, device_type: str, dtype: torch.dtype, interpreting: bool) 
                  student_objective=losses.student_objective)
     if triton_missing(device_type, dtype) is None:
         parts = _triton_parts()
-    return Backend("cuda", clra=_extension_clra(), **parts)
+    return Backend("cuda", **_extension_clra(), **parts)
 
 
 def resolve(backend: str | None, example: torch.Tensor) -> Backend:

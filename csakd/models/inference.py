@@ -1,0 +1,241 @@
+"""The prepared inference path of `DTSNet` (used in eval mode with gradients off, once an inference dtype is
+set: `DTSNet(..., dtype=)` or `model.prepare(dtype)`).
+
+Weights are prepared once per (dtype, device, padding): cast to the compute dtype, optionally zero-padded to
+tensor-core friendly channel counts (SPEC §7: 43 -> 48, 86 -> 96), and the CSA weights folded for
+`csa_folded` (mode "reference" folds the value and output projections into one nf x nf map for good). The
+prepared tensors are plain tensors, not parameters: they are keyed on the parameters themselves (identity and
+autograd version counter) and refreshed, in place where the shapes allow (so CUDA graphs captured on them stay
+valid), as soon as a parameter changes: an optimizer step through ordinary in-place ops, `load_state_dict`
+(also with `assign=True`), `.to()`/`.cuda()`/`.half()` (which mark them stale). Changes autograd does not
+record (`p.data` writes or assignments, fused optimizer kernels such as `Adam(fused=True)`, replacing a whole
+submodule) are caught by switching mode with `model.train()`/`.eval()`, or by `model.invalidate_prepared()`.
+
+Zero padding is exact: padded output channels have zero weights and bias, so they stay zero through every
+LReLU and residual, and padded input channels meet zero weight columns. Only the dense (groups = 1) branches
+are padded; a grouped branch (the student's h branch) runs at its own width and its output is zero-padded.
+"""
+from __future__ import annotations
+
+import contextlib
+import operator
+from dataclasses import dataclass, field
+
+import torch
+import torch.nn.functional as F
+
+from .blocks import SLOPE, clra_reference
+from .csa import csa_folded, fold_csa_params
+
+DTYPES = (torch.float32, torch.bfloat16, torch.float16)
+_ALIASES = {"float32": torch.float32, "fp32": torch.float32, "float": torch.float32,
+            "bfloat16": torch.bfloat16, "bf16": torch.bfloat16,
+            "float16": torch.float16, "fp16": torch.float16, "half": torch.float16}
+PAD_MULTIPLE = 16
+
+
+def check_dtype(dtype) -> torch.dtype:
+    """torch.float32/bfloat16/float16 or one of their names ('fp32', 'bf16', 'fp16', ...); else ValueError."""
+    if isinstance(dtype, str) and dtype.lower().removeprefix("torch.") in _ALIASES:
+        return _ALIASES[dtype.lower().removeprefix("torch.")]
+    if isinstance(dtype, torch.dtype) and dtype in DTYPES:
+        return dtype
+    raise ValueError(f"dtype: expected one of torch.float32, torch.bfloat16, torch.float16 (or 'fp32', 'bf16', "
+                     f"'fp16'), got {dtype!r}")
+
+
+def _round_up(n: int, multiple: int) -> int:
+    return -(-n // multiple) * multiple
+
+
+def _pad(t: torch.Tensor, dtype: torch.dtype, out: tuple[int, int] | None = None,
+         ins: list[tuple[int, int]] | None = None) -> torch.Tensor:
+    """A new tensor: `t` cast to dtype, dim 0 zero-padded from out[0] to out[1] and dim 1 (if any) laid out
+    as the segments `ins` [(size, padded size), ...]: each segment's channels, then its zero padding."""
+    out = out or (t.shape[0], t.shape[0])
+    if t.ndim == 1:
+        result = t.new_zeros(out[1], dtype=dtype)
+        result[:out[0]] = t
+        return result
+    ins = ins or [(t.shape[1], t.shape[1])]
+    result = t.new_zeros((out[1], sum(padded for _, padded in ins), *t.shape[2:]), dtype=dtype)
+    src = dst = 0
+    for size, padded in ins:
+        result[:out[0], dst:dst + size] = t[:, src:src + size]
+        src, dst = src + size, dst + padded
+    return result
+
+
+@dataclass
+class PreparedBranch:
+    stem: tuple[torch.Tensor, torch.Tensor]
+    clras: list[list[tuple[list[torch.Tensor], list[torch.Tensor]]]]
+    groups: int
+    pad_out: int  # zero channels appended to the branch output (a grouped branch inside a padded model)
+
+
+@dataclass
+class Prepared:
+    """Weights of one model prepared for one (dtype, device, padding); `key` None marks them stale."""
+
+    dtype: torch.dtype
+    device: torch.device
+    pad: bool
+    branches: dict[str, PreparedBranch]
+    csa: dict[str, torch.Tensor]
+    head: tuple[torch.Tensor, torch.Tensor, torch.Tensor]
+    modules: tuple = ()
+    source: tuple[torch.Tensor, ...] = ()   # the parameters it was built from
+    key: tuple | None = None                # their autograd version counters then
+    refreshes: int = field(default=0)
+
+    def tensors(self) -> list[torch.Tensor]:
+        out = []
+        for branch in self.branches.values():
+            out += list(branch.stem)
+            for clra in branch.clras:
+                for weights, biases in clra:
+                    out += weights + biases
+        return out + list(self.csa.values()) + list(self.head)
+
+
+def _parameters(modules) -> list[torch.Tensor]:
+    # Walking a cached module list is ~20x cheaper than model.parameters(): this runs on every forward.
+    return [p for m in modules for p in m._parameters.values() if p is not None]
+
+
+def _versions(params) -> tuple[int, ...]:
+    return tuple(p._version for p in params)
+
+
+def _is_current(prep: Prepared) -> bool:
+    if prep.key is None:
+        return False
+    params = _parameters(prep.modules)
+    return (len(params) == len(prep.source) and all(map(operator.is_, params, prep.source))
+            and _versions(params) == prep.key)
+
+
+def build(model, dtype: torch.dtype, pad: bool) -> Prepared:
+    """Prepares `model`'s weights (on the parameters' device) for the inference path."""
+    cfg = model.config
+    nf, gc = cfg.nf, cfg.gc
+    nf_p, gc_p = (_round_up(nf, PAD_MULTIPLE), _round_up(gc, PAD_MULTIPLE)) if pad else (nf, gc)
+    modules = tuple(model.modules())
+    params = tuple(_parameters(modules))
+    device = params[0].device
+    # Plain tensors even when called under torch.inference_mode(): they can be refreshed in place later.
+    with torch.inference_mode(False), torch.no_grad():
+        branches = {}
+        for name, branch in model.branches.items():
+            groups = branch.clras[0].blocks[0].groups if len(branch.clras) else 1
+            dense = groups == 1
+            width, grow = (nf_p, gc_p) if dense else (nf, gc)
+            conv = branch.stem.conv
+            stem = (_pad(conv.weight, dtype, (nf, width)), _pad(conv.bias, dtype, (nf, width)))
+            clras = []
+            for clra in branch.clras:
+                blocks = []
+                for block in clra.blocks:
+                    weights, biases = [], []
+                    for k, c in enumerate(block.convs()):
+                        out = (gc, grow) if k < 4 else (nf, width)
+                        ins = [(nf, width)] + [(gc, grow)] * k if dense else None
+                        weights.append(_pad(c.weight, dtype, out, ins))
+                        biases.append(_pad(c.bias, dtype, out))
+                    blocks.append((weights, biases))
+                clras.append(blocks)
+            branches[name] = PreparedBranch(stem, clras, groups, nf_p - width)
+        csa = {}
+        if model.csa.mode != "sum":
+            p = model.csa.params()
+            r = cfg.attn_dim
+            f32 = torch.float32
+            padded = {"wq": _pad(p["wq"], f32, ins=[(nf, nf_p)]), "wk": _pad(p["wk"], f32, ins=[(nf, nf_p)]),
+                      "wv": _pad(p["wv"], f32, ins=[(nf, nf_p)]), "wo": _pad(p["wo"], f32, (nf, nf_p), [(r, r)]),
+                      "bo": _pad(p["bo"], f32, (nf, nf_p)), "wg": _pad(p["wg"], f32, ins=[(nf, nf_p)] * 4),
+                      "bq": p["bq"], "bk": p["bk"], "bv": p["bv"], "bg": p["bg"]}
+            csa = fold_csa_params(padded, model.csa.mode, model.csa.heads, dtype)
+        head = (_pad(model.fuse.weight, dtype, ins=[(nf, nf_p)]), _pad(model.fuse.bias, dtype),
+                _pad(model.last.weight, dtype))
+    return Prepared(dtype, device, pad, branches, csa, head, modules, params, _versions(params))
+
+
+def prepared(model, dtype: torch.dtype, pad: bool) -> Prepared:
+    """The model's prepared weights for (dtype, pad), built or refreshed if any parameter changed."""
+    prep = model._prepared
+    if prep is not None and prep.dtype == dtype and prep.pad == pad and _is_current(prep):
+        return prep
+    fresh = build(model, dtype, pad)
+    if prep is not None and prep.dtype == dtype and prep.pad == pad and prep.device == fresh.device:
+        old, new = prep.tensors(), fresh.tensors()
+        if len(old) == len(new) and all(a.shape == b.shape for a, b in zip(old, new)):
+            with torch.inference_mode(False), torch.no_grad():  # same buffers: captured graphs stay valid
+                for a, b in zip(old, new):
+                    a.copy_(b)
+            prep.modules, prep.source, prep.key = fresh.modules, fresh.source, fresh.key
+            prep.refreshes += 1
+            return prep
+    model._prepared = fresh
+    return fresh
+
+
+def default_pad(device: torch.device, dtype: torch.dtype, impl) -> bool:
+    """Padding pays where cuDNN runs the 16-bit convolutions on tensor cores (CUDA, CLRAs on the reference
+    path). The CUDA CLRB extension pads inside its own kernel, and CPUs gain nothing from more channels."""
+    return device.type == "cuda" and dtype != torch.float32 and impl.clra_fn is clra_reference
+
+
+def current(model, device: torch.device):
+    """(backend, prepared weights) of `model`'s inference path on `device`, the weights refreshed if stale."""
+    from .. import ops
+
+    dtype = model.inference_dtype
+    impl = ops.resolve(model.backend, torch.empty(0, dtype=dtype, device=device))
+    pad = model.pad_channels if model.pad_channels is not None else default_pad(device, dtype, impl)
+    return impl, prepared(model, dtype, pad)
+
+
+def _run_branch(branch: PreparedBranch, x: torch.Tensor, clra_fn) -> torch.Tensor:
+    x = F.leaky_relu(F.conv2d(x, *branch.stem, padding=1), SLOPE)
+    for clra in branch.clras:
+        x = clra_fn(x, clra, branch.groups)
+    if branch.pad_out:
+        x = F.pad(x, (0, 0, 0, 0, 0, branch.pad_out))
+    return x
+
+
+def forward(model, lr_hsi: torch.Tensor, hr_msi: torch.Tensor, return_features: bool = False):
+    """The network of `DTSNet.forward` on prepared weights, in `model.inference_dtype`; returns the output (and
+    the fused features) in the inputs' dtype."""
+    cfg = model.config
+    dtype, out_dtype, device = model.inference_dtype, lr_hsi.dtype, lr_hsi.device
+    impl, prep = current(model, device)
+    autocast_off = (torch.autocast(device.type, enabled=False) if torch.is_autocast_enabled(device.type)
+                    else contextlib.nullcontext())
+    with autocast_off:
+        hr_size = hr_msi.shape[-2:]
+        # Interpolation in the inputs' dtype (usually fp32), the network in the compute dtype.
+        up_lr = F.interpolate(lr_hsi, size=hr_size, mode="bilinear", align_corners=False)
+        down_msi = F.interpolate(hr_msi, size=lr_hsi.shape[-2:], mode="bicubic", align_corners=False)
+        lr, msi = lr_hsi.to(dtype), hr_msi.to(dtype)
+        b = prep.branches
+        x4 = _run_branch(b["hm"], torch.cat([up_lr.to(dtype), msi], dim=1), impl.clra_fn)
+        x3 = _run_branch(b["mh"], torch.cat([lr, down_msi.to(dtype)], dim=1), impl.clra_fn)
+        x1 = _run_branch(b["h"], lr, impl.clra_fn)
+        x2 = _run_branch(b["m"], msi, impl.clra_fn)
+        x3 = F.interpolate(x3, size=hr_size, mode="nearest")
+        x1 = F.interpolate(x1, size=hr_size, mode="nearest")
+        mode, heads = model.csa.mode, model.csa.heads
+        if mode == "sum":
+            fused = x1 + x2 + x3 + x4
+        elif impl.csa_fn is not None:
+            fused = impl.csa_fn(x1, x2, x3, x4, prep.csa, mode, heads)
+        else:
+            fused = csa_folded(x1, x2, x3, x4, prep.csa, mode, heads)
+        fuse_w, fuse_b, last_w = prep.head
+        hr_hsi = F.conv2d(F.leaky_relu(F.conv2d(fused, fuse_w, fuse_b, padding=1), SLOPE), last_w, padding=1)
+    hr_hsi = hr_hsi.to(out_dtype)
+    if not return_features:
+        return hr_hsi
+    return hr_hsi, fused[:, :cfg.nf].to(out_dtype)

@@ -104,12 +104,12 @@ def test_unknown_backend_is_refused_everywhere():
 
 def test_unavailable_backend_names_what_is_missing(monkeypatch):
     monkeypatch.setattr(ops.backend, "triton_missing", lambda *a: "Triton is not installed (pip install triton)")
-    ops.backend._build.cache_clear()
+    ops.backend.clear_cache()
     try:
         with pytest.raises(ValueError, match="'triton' is not available: Triton is not installed"):
             csakd.create("student_tiny", backend="triton", **KW).to(DEVICE)(*_inputs()[:2])
     finally:
-        ops.backend._build.cache_clear()
+        ops.backend.clear_cache()
 
 
 def test_process_default_and_environment(monkeypatch):
@@ -127,7 +127,7 @@ def test_process_default_and_environment(monkeypatch):
 
 
 def test_auto_resolves_to_an_available_backend_and_logs_why(caplog):
-    ops.backend._build.cache_clear()
+    ops.backend.clear_cache()
     with caplog.at_level("INFO", logger="csakd.ops"):
         chosen = ops.resolve("auto", torch.zeros(1, device=DEVICE))
     assert chosen.name in ops.available_backends(DEVICE)

@@ -12,7 +12,6 @@ TRITON_INTERPRET=1 is set; "cuda" runs the extension's C++ CPU implementation.
 """
 from __future__ import annotations
 
-import functools
 import logging
 import os
 from dataclasses import dataclass
@@ -153,8 +152,26 @@ def _auto_choice(device_type: str, dtype: torch.dtype) -> tuple[str, str]:
     return "reference", "plain PyTorch on the CPU" + (f" ({no_ext})" if no_ext else "")
 
 
-@functools.lru_cache(maxsize=None)
+# Built backends by (name, device type, dtype, interpreting). A plain dict rather than functools.lru_cache:
+# torch.compile traces the model's forward, which resolves its backend, and dynamo guards a dict lookup but
+# only warns about (and bypasses) an lru_cache wrapper.
+_BUILT: dict[tuple, Backend] = {}
+
+
+def clear_cache() -> None:
+    """Forget the built backends (after the environment changed, e.g. in tests)."""
+    _BUILT.clear()
+
+
 def _build(name: str, device_type: str, dtype: torch.dtype, interpreting: bool) -> Backend:
+    key = (name, device_type, dtype, interpreting)
+    built = _BUILT.get(key)
+    if built is None:
+        built = _BUILT[key] = _make(name, device_type, dtype)
+    return built
+
+
+def _make(name: str, device_type: str, dtype: torch.dtype) -> Backend:
     if name == "auto":
         name, reason = _auto_choice(device_type, dtype)
         log.info("csakd backend 'auto' on %s/%s: %s (%s)", device_type, str(dtype).replace("torch.", ""),

@@ -29,7 +29,7 @@ for stage in "$@"; do
         --durations=10 tests >"$OUT/pytest_gpu.log" 2>&1; echo "pytest -m gpu rc=$?" | tee -a "$OUT/session.log"
       tail -n 15 "$OUT/pytest_gpu.log"
       timeout "${TEST_TIMEOUT:-300}" python3 -X faulthandler -m pytest -q -p no:cacheprovider tests/test_backends.py \
-        tests/test_models.py tests/test_losses.py tests/test_metrics.py tests/test_io.py \
+        tests/test_models.py tests/test_losses.py tests/test_metrics.py tests/test_io.py tests/test_inference.py \
         >"$OUT/pytest_device.log" 2>&1; echo "pytest device-aware rc=$?" | tee -a "$OUT/session.log"
       tail -n 15 "$OUT/pytest_device.log" ;;
     latency)

@@ -188,6 +188,8 @@ def _describe_degradation(spec: dict | None) -> str:
 def run(args) -> int:
     settings = DemoSettings.quick() if args.quick else DemoSettings.full()
     if args.epochs is not None:
+        if args.epochs < 1:  # refused before the report folder is made or any scene synthesised
+            raise ValueError(f"epochs: expected a positive integer, got {args.epochs}")
         settings = dataclasses.replace(settings, epochs=args.epochs)
     out = Path(args.out) if args.out else Path("runs") / time.strftime("demo-%Y%m%d-%H%M%S")
     result = run_demo(out, settings, progress=not args.no_progress)

@@ -25,7 +25,7 @@ def fuse_files(checkpoint, lr_path, msi_path, out_path, network: str = "student"
     from ..io import load_model
     from .checkpoint import resolve_model_file
     from .distributed import pick_device
-    from .fuse import fuse_scene
+    from .fuse import _check, fuse_scene
     from .trainer import amp_dtype
 
     out_path = Path(out_path)
@@ -43,22 +43,31 @@ def fuse_files(checkpoint, lr_path, msi_path, out_path, network: str = "student"
     # Channels-first float32 copies of the inputs (the output is s² C/M times larger than either).
     lr_chw = ((lr.transpose(2, 0, 1).astype(np.float32) - lo) / (hi - lo))
     msi_chw = ((msi.transpose(2, 0, 1).astype(np.float32) - lo) / (hi - lo))
+    # Checked before the output file exists: a refused input must not leave a zero-filled file behind.
+    _check(model, lr_chw, msi_chw)
+    if not (isinstance(tile, int) and tile >= 1 and isinstance(overlap, int) and 0 <= overlap < tile):
+        raise ValueError(f"tile/overlap: expected tile >= 1 and 0 <= overlap < tile, got {tile} and {overlap}")
     s = model.config.scale
     shape = (lr.shape[0] * s, lr.shape[1] * s, lr.shape[2])
-    if out_path.suffix.lower() == ".npy":
-        out = np.lib.format.open_memmap(out_path, mode="w+", dtype=np.float32, shape=shape)
-    else:
-        out = np.empty(shape, dtype=np.float32)
-    fuse_scene(model.to(torch_device), lr_chw, msi_chw, tile=tile, overlap=overlap, device=torch_device, amp=amp,
-               out=out.transpose(2, 0, 1), progress=progress)
-    for y in range(0, shape[0], tile * s):  # back to the input's units, in strips
-        out[y:y + tile * s] = out[y:y + tile * s] * (hi - lo) + lo
-    if isinstance(out, np.memmap):
-        out.flush()
-    else:
-        import tifffile
+    try:
+        if out_path.suffix.lower() == ".npy":
+            out = np.lib.format.open_memmap(out_path, mode="w+", dtype=np.float32, shape=shape)
+        else:
+            out = np.empty(shape, dtype=np.float32)
+        fuse_scene(model.to(torch_device), lr_chw, msi_chw, tile=tile, overlap=overlap, device=torch_device,
+                   amp=amp, out=out.transpose(2, 0, 1), progress=progress)
+        for y in range(0, shape[0], tile * s):  # back to the input's units, in strips
+            out[y:y + tile * s] = out[y:y + tile * s] * (hi - lo) + lo
+        if isinstance(out, np.memmap):
+            out.flush()
+        else:
+            import tifffile
 
-        tifffile.imwrite(out_path, out)
+            tifffile.imwrite(out_path, out)
+    except BaseException:  # an error or Ctrl-C half-way: no partial result that looks like a finished one
+        out = None
+        out_path.unlink(missing_ok=True)
+        raise
     return out_path
 
 

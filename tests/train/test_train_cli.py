@@ -66,6 +66,43 @@ def test_user_errors_end_with_one_line(capsys, student_file, tmp_path):
                              "--hr-msi", str(tmp_path / "no.npy"), "--out", str(tmp_path / "o.npy")], "no such file")
 
 
+def test_top_level_help_names_every_command(capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        build_parser().parse_args(["--help"])
+    assert exit_info.value.code == 0
+    out = capsys.readouterr().out
+    for name, sub in _subparsers().items():
+        assert name in out
+        assert sub.description
+
+
+def test_band_mismatch_and_unknown_backend_end_with_one_line(capsys, student_file, tmp_path):
+    rng = np.random.default_rng(2)
+    np.save(tmp_path / "lr8.npy", rng.random((8, 8, 8), dtype=np.float32))
+    np.save(tmp_path / "lr16.npy", rng.random((8, 8, TINY_BANDS), dtype=np.float32))
+    np.save(tmp_path / "msi.npy", rng.random((32, 32, 4), dtype=np.float32))
+    fuse = ["fuse", "--checkpoint", str(student_file), "--hr-msi", str(tmp_path / "msi.npy"), "--device", "cpu",
+            "--no-progress"]
+    out = tmp_path / "fused.npy"
+    _one_line_error(capsys, fuse + ["--lr-hsi", str(tmp_path / "lr8.npy"), "--out", str(out)],
+                    f"lr_hsi: expected {TINY_BANDS} bands (the checkpoint's), got 8")
+    assert not out.exists()  # a refused input leaves no zero-filled output file behind
+    _one_line_error(capsys, fuse + ["--lr-hsi", str(tmp_path / "lr16.npy"), "--out", str(out), "--tile", "4",
+                                    "--overlap", "4"], "tile/overlap")
+    assert not out.exists()
+    _one_line_error(capsys, fuse + ["--lr-hsi", str(tmp_path / "lr16.npy"), "--out", str(out), "--backend",
+                                    "nonsense"], "backend", "nonsense")
+    _one_line_error(capsys, ["eval", "--checkpoint", str(student_file), "--backend", "nonsense", "--scenes", "1",
+                             "--scene-size", "16", "--device", "cpu", "--out", str(tmp_path / "eval")],
+                    "backend", "nonsense")
+
+
+def test_demo_refuses_bad_epochs_before_making_its_folder(capsys, tmp_path):
+    _one_line_error(capsys, ["demo", "--epochs", "0", "--out", str(tmp_path / "demo"), "--no-progress"],
+                    "epochs: expected a positive integer, got 0")
+    assert not (tmp_path / "demo").exists()
+
+
 def test_eval_writes_metrics_tables_and_figures(student_file, tmp_path, capsys):
     out = tmp_path / "eval"
     assert main(["eval", "--checkpoint", str(student_file), "--data", "generated", "--scenes", "2", "--scene-size",

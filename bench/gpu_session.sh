@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # One driver for a lent GPU machine (see /work/.library/device): build the extension there, run the whole test
 # suite on CUDA, then the benchmarks. Stages are chosen by arguments, e.g.
-#   bash bench/gpu_session.sh build tests bench
+#   bash bench/gpu_session.sh env build tests latency kernels train
 # Everything is logged under $OUT (at most 8 files come back); CSAKD_COMMIT names the commit measured.
 set -uo pipefail
 OUT=${OUT:-/tmp/csakd-gpu}
@@ -40,6 +40,24 @@ for stage in "$@"; do
       for b in csa losses clrb; do
         [ -f "bench/$b.py" ] && python3 "bench/$b.py" --out "$OUT/${b}_gpu.json" 2>&1 | tail -n 30 | tee -a "$OUT/session.log"
       done ;;
+    train)
+      # Issue 10 step 3: co-train the paper's teacher and student (bf16 autocast, the fast backend) on tiles of the
+      # real AVIRIS scenes with the paper's degradation, then score them and the baselines on the held-out region.
+      log train
+      data=${CSAKD_DATA:-../shared/data}
+      if ! ls "$data"/aviris_*x*.npz >/dev/null 2>&1; then
+        echo "train: no AVIRIS scenes under $data, skipped" | tee -a "$OUT/session.log"; continue
+      fi
+      rm -rf /tmp/csakd-run; src=$(mktemp -d); ln -s "$(cd "$data" && pwd)"/aviris_*x*.npz "$src/"
+      { python3 -m csakd synth --source "$src" --channels aviris172 --tile 64 --stride 16 --split-by region \
+          --out /tmp/csakd-aviris --overwrite --no-progress &&
+        python3 -m csakd train --data /tmp/csakd-aviris --mode online --device "${TRAIN_DEVICE:-cuda}" --backend "${TRAIN_BACKEND:-auto}" \
+          --precision "${TRAIN_PRECISION:-bf16}" --crop 64 --batch-size 4 --max-steps "${TRAIN_STEPS:-3000}" --no-progress --out /tmp/csakd-run &&
+        python3 -m csakd eval --checkpoint /tmp/csakd-run --data /tmp/csakd-aviris --baselines --device "${TRAIN_DEVICE:-cuda}" \
+          --out "$OUT/eval_aviris"
+      } >"$OUT/train.log" 2>&1; echo "train rc=$?" | tee -a "$OUT/session.log"
+      cp /tmp/csakd-run/metrics.jsonl "$OUT/train_metrics.jsonl" 2>/dev/null
+      tail -n 12 "$OUT/train.log" ;;
     *)
       echo "unknown stage $stage" >&2; exit 2 ;;
   esac

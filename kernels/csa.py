@@ -44,8 +44,14 @@ _MAX_NUMEL = 2 ** 31 - 1  # the kernels index with int32
 # Pixel chunks: each program of a per-pixel kernel loops over one chunk of one image. Reductions write one
 # partial per chunk, so they get about one program per SM; the others get several to hide latency.
 _CHUNK_QUANTUM = 256      # GPU chunks are multiples of the largest BLOCK
-_REDUCE_PROGRAMS_PER_SM = 1
+_REDUCE_PROGRAMS_PER_SM = 1   # Gram passes: a C x C partial each
+_GRAD_PROGRAMS_PER_SM = 2     # gradient pass: a 4 x 4C partial each
 _MAP_PROGRAMS_PER_SM = 4
+# The mix kernels (one program per image, [CP, CP] fp32 "ieee" products unrolled per thread): 16 warps spread
+# them thinly. At CP = 128 for sm_90 that cuts the first call's compile from 143 s (_mix_kernel) and 516 s
+# (_mix_grad_kernel) at 4 warps to 5 s and 21 s (measured on a 2-core CPU), and gives the lone program more
+# threads.
+_MIX_WARPS = 16
 # The interpreter pays per operation, not per element: one program per image, one tile per program, unless
 # these are lowered (the tests do, to run the chunked loops and the partial sums).
 INTERPRETER_MAX_BLOCK = 1024
@@ -96,7 +102,7 @@ class _Plan:
         self.scale = 1.0 / (self.N * math.sqrt(self.D))
         upcast = _INTERPRETED and x1.dtype == torch.bfloat16
         self.consts = dict(CP=self.CP, PREC="ieee" if x1.dtype == torch.float32 or upcast else "tf32",
-                           DT=tl.float32 if upcast else _TL_DTYPES[x1.dtype])
+                           DT=tl.float32 if upcast else _TL_DTYPES[x1.dtype], RNE=upcast)
         if _INTERPRETED:
             self.consts["BLOCK"] = min(max(16, triton.next_power_of_2(self.N)), INTERPRETER_MAX_BLOCK)
         self.device = x1.device
@@ -123,7 +129,7 @@ def _stats_numel(C: int) -> int:
 
 
 def _params_numel(C: int, R: int) -> int:
-    return 3 * (R * C + R) + C * R + C + K.GATES * 4 * C + K.GATES
+    return 3 * (R * C + R) + C * R + C + K.N_GATES * 4 * C + K.N_GATES
 
 
 def _prepare(xs, params, heads):
@@ -144,7 +150,7 @@ def _forward(x1, x2, x3, x4, params, attention: bool, heads: int):
         gram_part, sums_part = plan.f32(B * S, C, C), plan.f32(B * S, 2, C)
         _gram[(S, B)](x1, x2, gram_part, sums_part, C, N, chunk, *plan.strides, **plan.consts)
     K._mix_kernel[(B,)](gram_part, sums_part, *params[:8], stats, C, plan.R, plan.D, S, float(N), plan.scale,
-                        CP=plan.CP, RP=plan.RP, ATTENTION=attention)
+                        CP=plan.CP, RP=plan.RP, ATTENTION=attention, num_warps=_MIX_WARPS)
     out = plan.empty_map(x1.dtype)
     S, chunk = plan.chunks(_MAP_PROGRAMS_PER_SM)
     _apply[(S, B)](x1, x2, x3, x4, out, stats, params[8], params[9], C, N, chunk, *plan.strides, **plan.consts)
@@ -157,18 +163,21 @@ def _backward(dout, x1, x2, x3, x4, params, stats, attention: bool, heads: int):
     if memory_format(x1, dout) != plan.fmt:  # dout alone in another layout: follow the inputs
         dout = dout.contiguous(memory_format=plan.fmt)
     dx1, dx2, dx3, dx4 = (plan.empty_map(x1.dtype) for _ in range(4))
-    S, chunk = plan.chunks(_REDUCE_PROGRAMS_PER_SM)
-    dm_part, dc_part = plan.f32(B * S, C, C), plan.f32(B * S, C)
-    dwg_part, dbg_part = plan.f32(B * S, K.GATES, 4 * C), plan.f32(B * S, K.GATES)
-    gz = plan.f32(B, 2 * K.GATES, N) if attention else dc_part
-    _grad[(S, B)](x1, x2, x3, x4, dout, stats, params[8], params[9], dx1, dx2, dx3, dx4, gz,
-                  dm_part, dc_part, dwg_part, dbg_part, C, N, chunk, *plan.strides, ATTENTION=attention,
-                  **plan.consts)
+    S_W, chunk = plan.chunks(_GRAD_PROGRAMS_PER_SM)
+    dc_part = plan.f32(B * S_W, C)
+    dwg_part, dbg_part = plan.f32(B * S_W, K.N_GATES, 4 * C), plan.f32(B * S_W, K.N_GATES)
+    gz = plan.f32(B, 2 * K.N_GATES, N) if attention else dbg_part
+    _grad[(S_W, B)](x1, x2, x3, x4, dout, stats, params[8], params[9], dx1, dx2, dx3, dx4, gz, dc_part, dwg_part,
+                    dbg_part, C, N, chunk, *plan.strides, ATTENTION=attention, **plan.consts)
+    # dM = Σ datt x3ᵀ: the Gram pass over (dx4, x3), dx4 being datt (its channel sums go unused)
+    S_M, chunk = plan.chunks(_REDUCE_PROGRAMS_PER_SM)
+    dm_part, sums_part = plan.f32(B * S_M, C, C), plan.f32(B * S_M, 2, C)
+    _gram[(S_M, B)](dx4, x3, dm_part, sums_part, C, N, chunk, *plan.strides, **plan.consts)
     dgram = plan.f32(B, C * C + 2 * C) if attention else dc_part
     dparams = plan.f32(B, _params_numel(C, plan.R))
     K._mix_grad_kernel[(B,)](dm_part, dc_part, dwg_part, dbg_part, stats, *params[:8], dgram, dparams,
-                             C, plan.R, plan.D, S, float(N), plan.scale, CP=plan.CP, RP=plan.RP,
-                             ATTENTION=attention)
+                             C, plan.R, plan.D, S_M, S_W, float(N), plan.scale, CP=plan.CP, RP=plan.RP,
+                             ATTENTION=attention, num_warps=_MIX_WARPS)
     if attention:
         S, chunk = plan.chunks(_MAP_PROGRAMS_PER_SM)
         _gram_grad[(S, B)](x1, x2, dout, gz, dgram, params[8], dx1, dx2, C, N, chunk, *plan.strides,
@@ -243,7 +252,7 @@ def _check_device(name: str, x: torch.Tensor, like: torch.Tensor) -> None:
 
 def _param_shapes(C: int, R: int) -> dict[str, tuple[int, ...]]:
     return {"wq": (R, C), "bq": (R,), "wk": (R, C), "bk": (R,), "wv": (R, C), "bv": (R,), "wo": (C, R),
-            "bo": (C,), "wg": (K.GATES, 4 * C), "bg": (K.GATES,)}
+            "bo": (C,), "wg": (K.N_GATES, 4 * C), "bg": (K.N_GATES,)}
 
 
 def _check_params(params, x1: torch.Tensor, heads: int, check_finite: bool) -> list[torch.Tensor]:

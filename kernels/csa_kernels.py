@@ -10,27 +10,33 @@ Forward: `_gram_kernel` (one read of x1, x2: per-chunk partial G, s1, s2), `_mix
 image: the tiny matrices), `_apply_kernel` (one read of x1..x4, one write of out).
 Backward: `_grad_kernel` recomputes att and the gates from x1..x4 (no activations are saved: saving att would
 add a full-map write to the forward and remove no read here, since x3 and every y are read anyway), writes
-dx3, dx4 and either dx1, dx2 ("reference" mode) or the per-pixel gates and gate-logit grads (8 fp32 per pixel),
-and reduces dM, dc, dWg, dbg per chunk; `_mix_grad_kernel` turns those into the weight grads and dG, ds1, ds2
-by the chain rule through the tiny matrices; `_gram_grad_kernel` ("attention" mode) adds dG x2 + ds1 and
-dGᵀ x1 + ds2 to the gate terms of dx1, dx2 from one more read of x1, x2 and the output grad.
-Bytes per pixel in maps of C channels: forward 7 ("reference": 5), backward 12 + 64 B ("reference": 9).
+dx4 = datt, dx3 and either dx1, dx2 ("reference" mode) or the per-pixel gates and gate-logit grads (8 fp32 per
+pixel), and reduces dc = Σ datt, dWg, dbg per chunk; `_gram_kernel` run on (dx4, x3) reduces dM = Σ datt x3ᵀ
+(a second pass of two maps instead of a [CP, CP] fp32 accumulator live through the gradient pass's loop);
+`_mix_grad_kernel` turns those into the weight grads and dG, ds1, ds2 by the chain rule through the tiny
+matrices; `_gram_grad_kernel` ("attention" mode) adds dG x2 + ds1 and dGᵀ x1 + ds2 to the gate terms of dx1,
+dx2 from one more read of x1, x2 and the output grad.
+Bytes per pixel in maps of C channels: forward 7 ("reference": 5), backward 14 + 64 B ("reference": 11).
 
-Tiles are [CP, BLOCK] (channels padded to a power of two >= 16 and masked, BLOCK pixels); pixel tiles are
+Tiles are [BLOCK, CP] (BLOCK pixels, channels padded to a power of two >= 16 and masked); pixel tiles are
 addressed by strides (sb, sc, sn) so NCHW and channels-last inputs both work without copies. Products run on
 tl.dot in the input dtype with fp32 accumulation (fp32 inputs: "ieee", no TF32). Reductions write one partial
 per (image, chunk) and are summed in a fixed order: results are deterministic.
 The Triton interpreter (CPU) multiplies bf16 tl.dot operands as raw 16-bit integers, so there the dot operand
-dtype DT is fp32 and operands are rounded to bf16 first: the same exact products and fp32 sums. The interpreter
-also pays milliseconds per jit-function call, hence the few helpers inside the pixel loops.
+dtype DT is fp32 and operands are rounded to bf16 first: the same exact products and fp32 sums. Its fp32 ->
+bf16 cast truncates where a GPU rounds to nearest even, so there (RNE) `_cast` rounds on the bits. The
+interpreter also pays milliseconds per jit-function call, hence the few helpers inside the pixel loops.
+Module globals used inside kernels are tl.constexpr (the compiler rejects plain Python globals; the
+interpreter does not).
 """
 from __future__ import annotations
 
 import triton
 import triton.language as tl
 
-GATES = 4   # the gate conv's outputs (x1, x2, x3, att)
-GROWS = 16  # gate rows padded to tl.dot's minimum tile size
+N_GATES = 4                  # the gate conv's outputs (x1, x2, x3, att)
+GATES = tl.constexpr(N_GATES)
+GROWS = tl.constexpr(16)     # gate rows padded to tl.dot's minimum tile size
 
 
 # ---------------------------------------------------------------- small helpers
@@ -54,9 +60,24 @@ def _vec(ptr, idx, n):
 
 
 @triton.jit
-def _row(t, k, i: tl.constexpr):
-    """Row i of a [GROWS, BLOCK] tile as a [BLOCK] vector."""
-    return tl.sum(tl.where(k[:, None] == i, t, 0.0), axis=0)
+def _col(t, k, i: tl.constexpr):
+    """Column i of a [BLOCK, GROWS] tile as a [BLOCK] vector."""
+    return tl.sum(tl.where(k[None, :] == i, t, 0.0), axis=1)
+
+
+@triton.jit
+def _cast(x, XT: tl.constexpr, RNE: tl.constexpr):
+    """fp32 x rounded to the input dtype XT, to nearest even as a GPU converts. RNE (bf16 in the interpreter,
+    whose fp32 -> bf16 cast truncates: a one-sided error up to 2^-7 that compounds through the rounded dot
+    operands, and wrong subnormals) rounds on the bits instead; NaN stays NaN."""
+    if RNE:
+        bits = x.to(tl.uint32, bitcast=True)
+        top = (bits + 0x7FFF + ((bits >> 16) & 1)) >> 16
+        top = tl.where(x == x, top, (bits >> 16) | 0x40)
+        y = top.to(tl.uint16).to(XT, bitcast=True)
+    else:
+        y = x.to(XT)
+    return y
 
 
 @triton.jit
@@ -66,26 +87,13 @@ def _chunk(N, chunk):
 
 
 @triton.jit
-def _gate_weights(wg_ptr, k, c, C, XT: tl.constexpr, DT: tl.constexpr):
+def _gate_weights(wg_ptr, k, c, C, XT: tl.constexpr, DT: tl.constexpr, RNE: tl.constexpr):
     """The four C-column blocks of Wg (GATES x 4C) as [GROWS, CP] dot operands, rows >= GATES zero."""
-    w1 = _mat(wg_ptr, k, c, GATES, C, 4 * C).to(XT).to(DT)
-    w2 = _mat(wg_ptr + C, k, c, GATES, C, 4 * C).to(XT).to(DT)
-    w3 = _mat(wg_ptr + 2 * C, k, c, GATES, C, 4 * C).to(XT).to(DT)
-    w4 = _mat(wg_ptr + 3 * C, k, c, GATES, C, 4 * C).to(XT).to(DT)
+    w1 = _cast(_mat(wg_ptr, k, c, GATES, C, 4 * C), XT, RNE).to(DT)
+    w2 = _cast(_mat(wg_ptr + C, k, c, GATES, C, 4 * C), XT, RNE).to(DT)
+    w3 = _cast(_mat(wg_ptr + 2 * C, k, c, GATES, C, 4 * C), XT, RNE).to(DT)
+    w4 = _cast(_mat(wg_ptr + 3 * C, k, c, GATES, C, 4 * C), XT, RNE).to(DT)
     return w1, w2, w3, w4
-
-
-@triton.jit
-def _gate(x1, x2, x3, x4, m, cv, w1, w2, w3, w4, bgv, PREC: tl.constexpr, XT: tl.constexpr):
-    """att = M x3 + c + x4 in fp32, att rounded to the input dtype XT (the gate's matmul operand), and the
-    gates sigmoid(Wg [x1, x2, x3, att] + bg) as a [GROWS, BLOCK] tile (rows >= GATES are unused)."""
-    att = tl.dot(m, x3, input_precision=PREC) + cv[:, None] + x4.to(tl.float32)
-    att_x = att.to(XT).to(x1.dtype)
-    z = tl.dot(w1, x1, input_precision=PREC)
-    z = tl.dot(w2, x2, z, input_precision=PREC)
-    z = tl.dot(w3, x3, z, input_precision=PREC)
-    z = tl.dot(w4, att_x, z, input_precision=PREC)
-    return att, att_x, tl.sigmoid(z + bgv[:, None])
 
 
 @triton.jit
@@ -115,12 +123,14 @@ def _block_softmax(P, scale, same, valid_row):
 
 
 # ---------------------------------------------------------------- forward
-# Per-pixel kernels: grid (chunks, images); tiles are loaded in the dot operand dtype DT (the input dtype, or
-# fp32 for bf16 in the interpreter) and XT is the input dtype, to which dot operands computed here are rounded.
+# Per-pixel kernels: grid (chunks, images). Tiles are [BLOCK, CP], pixels as rows, so every matmul has the
+# pixel tile as its left operand and a loop-invariant matrix (M, Wg) on the right. They are loaded in the dot
+# operand dtype DT (the input dtype, or fp32 for bf16 in the interpreter); XT is the input dtype, to which
+# dot operands computed here are rounded.
 
 @triton.jit
 def _gram_kernel(x1_ptr, x2_ptr, gram_part_ptr, sums_part_ptr, C, N, chunk, sb, sc, sn,
-                 CP: tl.constexpr, PREC: tl.constexpr, DT: tl.constexpr, BLOCK: tl.constexpr):
+                 CP: tl.constexpr, PREC: tl.constexpr, DT: tl.constexpr, RNE: tl.constexpr, BLOCK: tl.constexpr):
     """Partial Σ x1 x2ᵀ, Σ x1, Σ x2 over one chunk of one image's pixels."""
     b = tl.program_id(1)
     part = b * tl.num_programs(0) + tl.program_id(0)
@@ -132,13 +142,13 @@ def _gram_kernel(x1_ptr, x2_ptr, gram_part_ptr, sums_part_ptr, C, N, chunk, sb, 
     s2 = tl.zeros([CP], tl.float32)
     for p0 in range(start, end, BLOCK):
         n = p0 + tl.arange(0, BLOCK)
-        offs = b * sb + c[:, None] * sc + n[None, :] * sn
-        mask = cmask[:, None] & (n < end)[None, :]
+        offs = b * sb + n[:, None] * sn + c[None, :] * sc
+        mask = (n < end)[:, None] & cmask[None, :]
         a = tl.load(x1_ptr + offs, mask=mask, other=0.0).to(DT)
         k = tl.load(x2_ptr + offs, mask=mask, other=0.0).to(DT)
-        acc = tl.dot(a, tl.trans(k), acc, input_precision=PREC)
-        s1 += tl.sum(a.to(tl.float32), axis=1)
-        s2 += tl.sum(k.to(tl.float32), axis=1)
+        acc = tl.dot(tl.trans(a), k, acc, input_precision=PREC)
+        s1 += tl.sum(a.to(tl.float32), axis=0)
+        s2 += tl.sum(k.to(tl.float32), axis=0)
     _store_mat(gram_part_ptr + part * C * C, acc, c, c, C, C, C)
     tl.store(sums_part_ptr + part * 2 * C + c, s1, mask=cmask)
     tl.store(sums_part_ptr + part * 2 * C + C + c, s2, mask=cmask)
@@ -186,43 +196,50 @@ def _mix_kernel(gram_part_ptr, sums_part_ptr, wq_ptr, bq_ptr, wk_ptr, bk_ptr, wv
 
 @triton.jit
 def _apply_kernel(x1_ptr, x2_ptr, x3_ptr, x4_ptr, out_ptr, stats_ptr, wg_ptr, bg_ptr, C, N, chunk, sb, sc, sn,
-                  CP: tl.constexpr, PREC: tl.constexpr, DT: tl.constexpr, BLOCK: tl.constexpr):
-    """out = Σ_k g_k y_k over one chunk of one image's pixels."""
+                  CP: tl.constexpr, PREC: tl.constexpr, DT: tl.constexpr, RNE: tl.constexpr, BLOCK: tl.constexpr):
+    """out = Σ_k g_k y_k over one chunk of one image's pixels. x1..x3 are loaded again for the final sum (a
+    cache hit) rather than kept live through the gate matmuls: fewer registers, no spills."""
     b = tl.program_id(1)
     c = tl.arange(0, CP)
     k = tl.arange(0, GROWS)
     cmask = c < C
     XT: tl.constexpr = x1_ptr.dtype.element_ty
     stats = stats_ptr + b * (2 * C * C + 3 * C)
-    m = _mat(stats + C * C, c, c, C, C, C).to(XT).to(DT)
+    mt = tl.trans(_cast(_mat(stats + C * C, c, c, C, C, C), XT, RNE).to(DT))
     cv = _vec(stats + 2 * C * C + 2 * C, c, C)
-    w1, w2, w3, w4 = _gate_weights(wg_ptr, k, c, C, XT, DT)
+    w1, w2, w3, w4 = _gate_weights(wg_ptr, k, c, C, XT, DT, RNE)
     bgv = _vec(bg_ptr, k, GATES)
     start, end = _chunk(N, chunk)
     for p0 in range(start, end, BLOCK):
         n = p0 + tl.arange(0, BLOCK)
-        offs = b * sb + c[:, None] * sc + n[None, :] * sn
-        mask = cmask[:, None] & (n < end)[None, :]
-        x1 = tl.load(x1_ptr + offs, mask=mask, other=0.0).to(DT)
-        x2 = tl.load(x2_ptr + offs, mask=mask, other=0.0).to(DT)
+        offs = b * sb + n[:, None] * sn + c[None, :] * sc
+        mask = (n < end)[:, None] & cmask[None, :]
         x3 = tl.load(x3_ptr + offs, mask=mask, other=0.0).to(DT)
-        x4 = tl.load(x4_ptr + offs, mask=mask, other=0.0)
-        att, att_x, g = _gate(x1, x2, x3, x4, m, cv, w1, w2, w3, w4, bgv, PREC, XT)
-        out = (_row(g, k, 0)[None, :] * x1.to(tl.float32) + _row(g, k, 1)[None, :] * x2.to(tl.float32)
-               + _row(g, k, 2)[None, :] * x3.to(tl.float32) + _row(g, k, 3)[None, :] * att)
-        tl.store(out_ptr + offs, out.to(XT), mask=mask)
+        att = tl.dot(x3, mt, input_precision=PREC) + cv[None, :] + tl.load(x4_ptr + offs, mask=mask, other=0.0)
+        z = tl.dot(x3, tl.trans(w3), input_precision=PREC)
+        z = tl.dot(_cast(att, XT, RNE).to(DT), tl.trans(w4), z, input_precision=PREC)
+        z = tl.dot(tl.load(x1_ptr + offs, mask=mask, other=0.0).to(DT), tl.trans(w1), z, input_precision=PREC)
+        z = tl.dot(tl.load(x2_ptr + offs, mask=mask, other=0.0).to(DT), tl.trans(w2), z, input_precision=PREC)
+        g = tl.sigmoid(z + bgv[None, :])
+        out = _col(g, k, 3)[:, None] * att
+        out += _col(g, k, 2)[:, None] * tl.load(x3_ptr + offs, mask=mask, other=0.0).to(tl.float32)
+        out += _col(g, k, 0)[:, None] * tl.load(x1_ptr + offs, mask=mask, other=0.0).to(tl.float32)
+        out += _col(g, k, 1)[:, None] * tl.load(x2_ptr + offs, mask=mask, other=0.0).to(tl.float32)
+        tl.store(out_ptr + offs, _cast(out, XT, RNE), mask=mask)
 
 
 # ---------------------------------------------------------------- backward
 
 @triton.jit
 def _grad_kernel(x1_ptr, x2_ptr, x3_ptr, x4_ptr, do_ptr, stats_ptr, wg_ptr, bg_ptr,
-                 dx1_ptr, dx2_ptr, dx3_ptr, dx4_ptr, gz_ptr, dm_part_ptr, dc_part_ptr, dwg_part_ptr, dbg_part_ptr,
+                 dx1_ptr, dx2_ptr, dx3_ptr, dx4_ptr, gz_ptr, dc_part_ptr, dwg_part_ptr, dbg_part_ptr,
                  C, N, chunk, sb, sc, sn,
-                 CP: tl.constexpr, PREC: tl.constexpr, DT: tl.constexpr, ATTENTION: tl.constexpr,
-                 BLOCK: tl.constexpr):
-    """Per pixel: dx3, dx4 and (reference mode) dx1, dx2, or (attention mode) the gates and gate-logit grads
-    into gz (B, 8, N); per chunk: partial dM = Σ datt x3ᵀ, dc = Σ datt, dWg = Σ dz yᵀ, dbg = Σ dz."""
+                 CP: tl.constexpr, PREC: tl.constexpr, DT: tl.constexpr, RNE: tl.constexpr,
+                 ATTENTION: tl.constexpr, BLOCK: tl.constexpr):
+    """Per pixel: dx4 = datt, dx3 and (reference mode) dx1, dx2, or (attention mode) the gates and gate-logit
+    grads into gz (B, 8, N); per chunk: partial dc = Σ datt (of the fp32 datt: the sum of its rounded copy dx4
+    would add that rounding's error to dbo and dbv), dWg = Σ dz yᵀ, dbg = Σ dz. (dM = Σ datt x3ᵀ is the Gram
+    kernel run on dx4 and x3.) Inputs are loaded again where used late, as in `_apply_kernel`."""
     b = tl.program_id(1)
     part = b * tl.num_programs(0) + tl.program_id(0)
     c = tl.arange(0, CP)
@@ -230,77 +247,82 @@ def _grad_kernel(x1_ptr, x2_ptr, x3_ptr, x4_ptr, do_ptr, stats_ptr, wg_ptr, bg_p
     cmask = c < C
     XT: tl.constexpr = x1_ptr.dtype.element_ty
     stats = stats_ptr + b * (2 * C * C + 3 * C)
-    m = _mat(stats + C * C, c, c, C, C, C).to(XT).to(DT)
-    mt = tl.trans(m)
+    m = _cast(_mat(stats + C * C, c, c, C, C, C), XT, RNE).to(DT)
     cv = _vec(stats + 2 * C * C + 2 * C, c, C)
-    w1, w2, w3, w4 = _gate_weights(wg_ptr, k, c, C, XT, DT)
+    w1, w2, w3, w4 = _gate_weights(wg_ptr, k, c, C, XT, DT, RNE)
     bgv = _vec(bg_ptr, k, GATES)
-    acc_m = tl.zeros([CP, CP], tl.float32)
-    acc_c = tl.zeros([CP], tl.float32)
-    acc_w1 = tl.zeros([GROWS, CP], tl.float32)
-    acc_w2 = tl.zeros([GROWS, CP], tl.float32)
-    acc_w3 = tl.zeros([GROWS, CP], tl.float32)
-    acc_w4 = tl.zeros([GROWS, CP], tl.float32)
+    acc_w1 = tl.zeros([CP, GROWS], tl.float32)
+    acc_w2 = tl.zeros([CP, GROWS], tl.float32)
+    acc_w3 = tl.zeros([CP, GROWS], tl.float32)
+    acc_w4 = tl.zeros([CP, GROWS], tl.float32)
     acc_b = tl.zeros([GROWS], tl.float32)
+    acc_c = tl.zeros([CP], tl.float32)
     start, end = _chunk(N, chunk)
     for p0 in range(start, end, BLOCK):
         n = p0 + tl.arange(0, BLOCK)
         nmask = n < end
-        offs = b * sb + c[:, None] * sc + n[None, :] * sn
-        mask = cmask[:, None] & nmask[None, :]
-        x1 = tl.load(x1_ptr + offs, mask=mask, other=0.0).to(DT)
-        x2 = tl.load(x2_ptr + offs, mask=mask, other=0.0).to(DT)
-        x3 = tl.load(x3_ptr + offs, mask=mask, other=0.0).to(DT)
-        x4 = tl.load(x4_ptr + offs, mask=mask, other=0.0)
+        offs = b * sb + n[:, None] * sn + c[None, :] * sc
+        mask = nmask[:, None] & cmask[None, :]
         do = tl.load(do_ptr + offs, mask=mask, other=0.0).to(tl.float32)
-        att, att_x, g = _gate(x1, x2, x3, x4, m, cv, w1, w2, w3, w4, bgv, PREC, XT)
-        # d out / d g_k = <dout, y_k> per pixel; masked pixels have dout = 0, so they add nothing below.
-        dg = (tl.where(k[:, None] == 0, tl.sum(do * x1.to(tl.float32), axis=0)[None, :], 0.0)
-              + tl.where(k[:, None] == 1, tl.sum(do * x2.to(tl.float32), axis=0)[None, :], 0.0)
-              + tl.where(k[:, None] == 2, tl.sum(do * x3.to(tl.float32), axis=0)[None, :], 0.0)
-              + tl.where(k[:, None] == 3, tl.sum(do * att, axis=0)[None, :], 0.0))
+        # gate logits z and d out / d g_k = <dout, y_k>; masked pixels have dout = 0 and add nothing below
+        x3 = tl.load(x3_ptr + offs, mask=mask, other=0.0).to(DT)
+        att = tl.dot(x3, tl.trans(m), input_precision=PREC) + cv[None, :] + tl.load(x4_ptr + offs, mask=mask,
+                                                                                    other=0.0)
+        att_x = _cast(att, XT, RNE).to(DT)
+        z = tl.dot(x3, tl.trans(w3), input_precision=PREC)
+        dg = tl.where(k[None, :] == 2, tl.sum(do * x3.to(tl.float32), axis=1)[:, None], 0.0)
+        z = tl.dot(att_x, tl.trans(w4), z, input_precision=PREC)
+        dg += tl.where(k[None, :] == 3, tl.sum(do * att, axis=1)[:, None], 0.0)
+        x1 = tl.load(x1_ptr + offs, mask=mask, other=0.0).to(DT)
+        z = tl.dot(x1, tl.trans(w1), z, input_precision=PREC)
+        dg += tl.where(k[None, :] == 0, tl.sum(do * x1.to(tl.float32), axis=1)[:, None], 0.0)
+        x2 = tl.load(x2_ptr + offs, mask=mask, other=0.0).to(DT)
+        z = tl.dot(x2, tl.trans(w2), z, input_precision=PREC)
+        dg += tl.where(k[None, :] == 1, tl.sum(do * x2.to(tl.float32), axis=1)[:, None], 0.0)
+        g = tl.sigmoid(z + bgv[None, :])
         dz = dg * g * (1.0 - g)
-        dz_x = dz.to(XT).to(DT)
-        datt = _row(g, k, 3)[None, :] * do + tl.dot(tl.trans(w4), dz_x, input_precision=PREC)
-        datt_x = datt.to(XT).to(DT)
-        dx3 = (_row(g, k, 2)[None, :] * do + tl.dot(tl.trans(w3), dz_x, input_precision=PREC)
-               + tl.dot(mt, datt_x, input_precision=PREC))
-        tl.store(dx4_ptr + offs, datt.to(XT), mask=mask)
-        tl.store(dx3_ptr + offs, dx3.to(XT), mask=mask)
+        dz_x = _cast(dz, XT, RNE).to(DT)
+        datt = _col(g, k, 3)[:, None] * do + tl.dot(dz_x, w4, input_precision=PREC)
+        tl.store(dx4_ptr + offs, _cast(datt, XT, RNE), mask=mask)
+        acc_c += tl.sum(datt, axis=0)
+        dx3 = (_col(g, k, 2)[:, None] * do + tl.dot(dz_x, w3, input_precision=PREC)
+               + tl.dot(_cast(datt, XT, RNE).to(DT), m, input_precision=PREC))
+        tl.store(dx3_ptr + offs, _cast(dx3, XT, RNE), mask=mask)
         if ATTENTION:
-            gmask = (k < GATES)[:, None] & nmask[None, :]
-            gz = gz_ptr + b * 2 * GATES * N + k[:, None] * N + n[None, :]
+            gmask = nmask[:, None] & (k < GATES)[None, :]
+            gz = gz_ptr + b * 2 * GATES * N + k[None, :] * N + n[:, None]
             tl.store(gz, g, mask=gmask)
             tl.store(gz + GATES * N, dz, mask=gmask)
         else:
-            dx1 = _row(g, k, 0)[None, :] * do + tl.dot(tl.trans(w1), dz_x, input_precision=PREC)
-            dx2 = _row(g, k, 1)[None, :] * do + tl.dot(tl.trans(w2), dz_x, input_precision=PREC)
-            tl.store(dx1_ptr + offs, dx1.to(XT), mask=mask)
-            tl.store(dx2_ptr + offs, dx2.to(XT), mask=mask)
-        acc_m = tl.dot(datt_x, tl.trans(x3), acc_m, input_precision=PREC)
-        acc_c += tl.sum(datt, axis=1)
-        acc_w1 = tl.dot(dz_x, tl.trans(x1), acc_w1, input_precision=PREC)
-        acc_w2 = tl.dot(dz_x, tl.trans(x2), acc_w2, input_precision=PREC)
-        acc_w3 = tl.dot(dz_x, tl.trans(x3), acc_w3, input_precision=PREC)
-        acc_w4 = tl.dot(dz_x, tl.trans(att_x), acc_w4, input_precision=PREC)
-        acc_b += tl.sum(dz, axis=1)
-    _store_mat(dm_part_ptr + part * C * C, acc_m, c, c, C, C, C)
-    tl.store(dc_part_ptr + part * C + c, acc_c, mask=cmask)
+            dx1 = _col(g, k, 0)[:, None] * do + tl.dot(dz_x, w1, input_precision=PREC)
+            tl.store(dx1_ptr + offs, _cast(dx1, XT, RNE), mask=mask)
+            dx2 = _col(g, k, 1)[:, None] * do + tl.dot(dz_x, w2, input_precision=PREC)
+            tl.store(dx2_ptr + offs, _cast(dx2, XT, RNE), mask=mask)
+        acc_w4 = tl.dot(tl.trans(att_x), dz_x, acc_w4, input_precision=PREC)
+        acc_w3 = tl.dot(tl.trans(tl.load(x3_ptr + offs, mask=mask, other=0.0).to(DT)), dz_x, acc_w3,
+                        input_precision=PREC)
+        acc_w1 = tl.dot(tl.trans(tl.load(x1_ptr + offs, mask=mask, other=0.0).to(DT)), dz_x, acc_w1,
+                        input_precision=PREC)
+        acc_w2 = tl.dot(tl.trans(tl.load(x2_ptr + offs, mask=mask, other=0.0).to(DT)), dz_x, acc_w2,
+                        input_precision=PREC)
+        acc_b += tl.sum(dz, axis=0)
     dwg = dwg_part_ptr + part * GATES * 4 * C
-    _store_mat(dwg, acc_w1, k, c, GATES, C, 4 * C)
-    _store_mat(dwg + C, acc_w2, k, c, GATES, C, 4 * C)
-    _store_mat(dwg + 2 * C, acc_w3, k, c, GATES, C, 4 * C)
-    _store_mat(dwg + 3 * C, acc_w4, k, c, GATES, C, 4 * C)
+    _store_mat(dwg, tl.trans(acc_w1), k, c, GATES, C, 4 * C)
+    _store_mat(dwg + C, tl.trans(acc_w2), k, c, GATES, C, 4 * C)
+    _store_mat(dwg + 2 * C, tl.trans(acc_w3), k, c, GATES, C, 4 * C)
+    _store_mat(dwg + 3 * C, tl.trans(acc_w4), k, c, GATES, C, 4 * C)
     tl.store(dbg_part_ptr + part * GATES + k, acc_b, mask=k < GATES)
+    tl.store(dc_part_ptr + part * C + c, acc_c, mask=cmask)
 
 
 @triton.jit
 def _mix_grad_kernel(dm_part_ptr, dc_part_ptr, dwg_part_ptr, dbg_part_ptr, stats_ptr,
                      wq_ptr, bq_ptr, wk_ptr, bk_ptr, wv_ptr, bv_ptr, wo_ptr, bo_ptr,
-                     dgram_ptr, dparams_ptr, C, R, D, S, n_pix, scale,
+                     dgram_ptr, dparams_ptr, C, R, D, S_M, S_W, n_pix, scale,
                      CP: tl.constexpr, RP: tl.constexpr, ATTENTION: tl.constexpr):
-    """One program per image: sums the chunk partials and back-propagates dM, dc through M = Wo A Wv,
-    c = Wo A bv + bo, the block softmax and the Gram-form logits. Writes this image's row of dparams (the
+    """One program per image: sums the chunk partials (dM: S_M of the Gram pass; dc, dWg, dbg: S_W of the
+    gradient pass) and back-propagates dM, dc through M = Wo A Wv, c = Wo A bv + bo, the block softmax and the
+    Gram-form logits. Writes this image's row of dparams (the
     weight grads flattened in PARAM_NAMES order) and of dgram [dG (C·C) | ds1 (C) | ds2 (C)]."""
     b = tl.program_id(0)
     c = tl.arange(0, CP)
@@ -314,9 +336,11 @@ def _mix_grad_kernel(dm_part_ptr, dc_part_ptr, dwg_part_ptr, dbg_part_ptr, stats
     dw3 = tl.zeros([GROWS, CP], tl.float32)
     dw4 = tl.zeros([GROWS, CP], tl.float32)
     dbg = tl.zeros([GROWS], tl.float32)
-    for s in range(S):
-        part = b * S + s
+    for s in range(S_M):
+        part = b * S_M + s
         dM += _mat(dm_part_ptr + part * C * C, c, c, C, C, C)
+    for s in range(S_W):
+        part = b * S_W + s
         dc += _vec(dc_part_ptr + part * C, c, C)
         dwg = dwg_part_ptr + part * GATES * 4 * C
         dw1 += _mat(dwg, k, c, GATES, C, 4 * C)
@@ -401,7 +425,7 @@ def _mix_grad_kernel(dm_part_ptr, dc_part_ptr, dwg_part_ptr, dbg_part_ptr, stats
 @triton.jit
 def _gram_grad_kernel(x1_ptr, x2_ptr, do_ptr, gz_ptr, dgram_ptr, wg_ptr, dx1_ptr, dx2_ptr,
                       C, N, chunk, sb, sc, sn,
-                      CP: tl.constexpr, PREC: tl.constexpr, DT: tl.constexpr, BLOCK: tl.constexpr):
+                      CP: tl.constexpr, PREC: tl.constexpr, DT: tl.constexpr, RNE: tl.constexpr, BLOCK: tl.constexpr):
     """Attention mode: dx1 = g0 dout + Wg1ᵀ dz + dG x2 + ds1, dx2 = g1 dout + Wg2ᵀ dz + dGᵀ x1 + ds2."""
     b = tl.program_id(1)
     c = tl.arange(0, CP)
@@ -409,29 +433,28 @@ def _gram_grad_kernel(x1_ptr, x2_ptr, do_ptr, gz_ptr, dgram_ptr, wg_ptr, dx1_ptr
     cmask = c < C
     XT: tl.constexpr = x1_ptr.dtype.element_ty
     dgram = dgram_ptr + b * (C * C + 2 * C)
-    dG = _mat(dgram, c, c, C, C, C).to(XT).to(DT)
+    dG = _cast(_mat(dgram, c, c, C, C, C), XT, RNE).to(DT)
     dGt = tl.trans(dG)
     ds1 = _vec(dgram + C * C, c, C)
     ds2 = _vec(dgram + C * C + C, c, C)
-    w1, w2, w3, w4 = _gate_weights(wg_ptr, k, c, C, XT, DT)
-    w1t = tl.trans(w1)
-    w2t = tl.trans(w2)
+    w1 = _cast(_mat(wg_ptr, k, c, GATES, C, 4 * C), XT, RNE).to(DT)
+    w2 = _cast(_mat(wg_ptr + C, k, c, GATES, C, 4 * C), XT, RNE).to(DT)
     start, end = _chunk(N, chunk)
     for p0 in range(start, end, BLOCK):
         n = p0 + tl.arange(0, BLOCK)
         nmask = n < end
-        offs = b * sb + c[:, None] * sc + n[None, :] * sn
-        mask = cmask[:, None] & nmask[None, :]
+        offs = b * sb + n[:, None] * sn + c[None, :] * sc
+        mask = nmask[:, None] & cmask[None, :]
         x1 = tl.load(x1_ptr + offs, mask=mask, other=0.0).to(DT)
         x2 = tl.load(x2_ptr + offs, mask=mask, other=0.0).to(DT)
         do = tl.load(do_ptr + offs, mask=mask, other=0.0).to(tl.float32)
-        gmask = (k < GATES)[:, None] & nmask[None, :]
-        gz = gz_ptr + b * 2 * GATES * N + k[:, None] * N + n[None, :]
+        gmask = nmask[:, None] & (k < GATES)[None, :]
+        gz = gz_ptr + b * 2 * GATES * N + k[None, :] * N + n[:, None]
         g = tl.load(gz, mask=gmask, other=0.0)
-        dz_x = tl.load(gz + GATES * N, mask=gmask, other=0.0).to(XT).to(DT)
-        dx1 = (_row(g, k, 0)[None, :] * do + tl.dot(w1t, dz_x, input_precision=PREC)
-               + tl.dot(dG, x2, input_precision=PREC) + ds1[:, None])
-        dx2 = (_row(g, k, 1)[None, :] * do + tl.dot(w2t, dz_x, input_precision=PREC)
-               + tl.dot(dGt, x1, input_precision=PREC) + ds2[:, None])
-        tl.store(dx1_ptr + offs, dx1.to(XT), mask=mask)
-        tl.store(dx2_ptr + offs, dx2.to(XT), mask=mask)
+        dz_x = _cast(tl.load(gz + GATES * N, mask=gmask, other=0.0), XT, RNE).to(DT)
+        dx1 = (_col(g, k, 0)[:, None] * do + tl.dot(dz_x, w1, input_precision=PREC)
+               + tl.dot(x2, dGt, input_precision=PREC) + ds1[None, :])
+        dx2 = (_col(g, k, 1)[:, None] * do + tl.dot(dz_x, w2, input_precision=PREC)
+               + tl.dot(x1, dG, input_precision=PREC) + ds2[None, :])
+        tl.store(dx1_ptr + offs, _cast(dx1, XT, RNE), mask=mask)
+        tl.store(dx2_ptr + offs, _cast(dx2, XT, RNE), mask=mask)

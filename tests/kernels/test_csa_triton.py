@@ -8,7 +8,10 @@ CUDA the same tests run on the GPU; the `gpu` tests add paper-size shapes and to
 Tolerances. fp32: |fused - fp64| <= 1e-4 (|ref| + max(max|ref|, 1e-2)) elementwise, for logits up to a few
 hundred: the kernels accumulate in fp32 with exact fp32 products, so errors are ~1e-7 of the magnitudes
 involved (the 1e-2 floor covers q/k grads of a nearly saturated softmax, ~1e-30, whose rounding is
-meaningless). With logits of order 1e4 (test_saturated_softmax) the grads through the softmax are
+meaningless). The q/k-path grads of a softmax near saturation are ill-conditioned in any fp32 evaluation:
+the logits' own fp32 rounding (relative 6e-8 of logits up to ~1e3 at gain 100) moves the tiny p(1-p)
+factors, so there a result may also err up to twice PyTorch's own fp32 error. Drawn example (below): dwq
+errs 1.31e-4 of its max in the fused kernels and 1.31e-4 in PyTorch fp32, dwk 6.5e-4 in both. With logits of order 1e4 (test_saturated_softmax) the grads through the softmax are
 ill-conditioned in any fp32 evaluation: the logits carry absolute errors ~3e-3 (PyTorch's direct q·kᵀ as
 much as the Gram form), which move near-tied softmax rows, and the Gram form's dG = Wqᵀ dP Wk cancels more
 than the direct path (measured: q/k-path grads 2e-3 of their max vs PyTorch fp32's 2e-4); there the output
@@ -129,15 +132,19 @@ def reference_results(case: Case, xs, params, dout, dtype=torch.float64):
                 [x.to(dtype) for x in xs], {n: p.to(dtype) for n, p in params.items()}, dout)
 
 
-def check_fp32(got, want, tol=1e-4, floor=1e-2, names=NAMES):
-    for name, a, e in zip(NAMES, got, want):
+def check_fp32(got, want, tol=1e-4, floor=1e-2, names=NAMES, fp32=None):
+    """Elementwise |fused - fp64| <= tol (|ref| + max(max|ref|, floor)); where `fp32` (PyTorch's own fp32
+    evaluation) is given, a result may instead err up to twice as much as that one does (module docstring)."""
+    for name, a, e, r in zip(NAMES, got, want, fp32 or [None] * len(NAMES)):
         if name not in names:
             continue
         assert a.shape == e.shape, name
         err = (a.double() - e).abs()
         bound = tol * (e.abs() + max(e.abs().max().item(), floor))
+        ref_err = 0.0 if r is None else (r.double() - e).abs().max().item()
+        bound = torch.clamp(bound, min=2 * ref_err)
         assert bool((err <= bound).all()), (f"{name}: max error {err.max().item():.3g}, "
-                                            f"max |ref| {e.abs().max().item():.3g}")
+                                            f"max |ref| {e.abs().max().item():.3g}, PyTorch fp32 {ref_err:.3g}")
 
 
 def rounding_spread(case: Case, xs, params, dout, u, draws=2):
@@ -180,7 +187,7 @@ def check_case(case: Case):
     if case.mode == "reference":  # q and k do not enter: their grads are exactly zero
         assert all(not bool(g.any()) for g in got[5:9])
     if case.dtype == torch.float32 and case.gain <= 100:
-        check_fp32(got, want)
+        check_fp32(got, want, fp32=reference_results(case, xs, params, dout, torch.float32))
     elif case.dtype != torch.float32:
         lowp = reference_results(case, xs, params, dout, case.dtype)
         spread = rounding_spread(case, xs, params, dout, UNIT_ROUNDOFF[case.dtype])
@@ -238,6 +245,8 @@ def test_cast_rounds_to_nearest_even(dtype, rne):
 
 @settings(phases=NO_SHRINK)
 @given(cases())
+@example(Case(B=3, nf=33, H=5, W=14, attn_dim=3, heads=1, mode="attention", layout="contiguous", gain=100.0,
+              mean=2.0, dtype=torch.float32, seed=544))
 def test_fp32_matches_reference(case):
     check_case(case)
 

@@ -1,6 +1,7 @@
 """The CLRB extension op (csakd.ops.clrb) against the reference CLRB/CLRA of csakd.models.blocks.
 
-CPU: float64 forward and gradients to round-off, float32 within rtol 1e-4 of a float64 oracle, the buffer layout
+CPU: float64 forward and gradients to round-off, float32 within rtol 1e-4 of a float64 oracle (evaluated on the
+LReLU pieces the op took, see KINK_MARGIN), the buffer layout
 the backward relies on, opcheck, torch.compile, argument errors. GPU (marked): every implementation (the
 tensor-core "mma" kernel, the "direct" kernel, the ATen fallback) in fp32/bf16/fp16 on larger shapes.
 
@@ -17,7 +18,7 @@ import contextlib
 import pytest
 import torch
 import torch.nn.functional as F
-from hypothesis import given, settings
+from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
 from csakd.models.blocks import CLRA, RES_SCALE, SLOPE, clrb_reference
@@ -70,6 +71,52 @@ def assert_close_to_scale(actual, expected, rtol, name):
 
 NAMES = ["x"] + [f"weights[{k}]" for k in range(5)] + [f"biases[{k}]" for k in range(5)]
 
+# LReLU has a kink at 0: a pre-activation within rounding of 0 may land on either side in fp32 (any fp32
+# evaluation, PyTorch's included), and its gradient then differs by (1 - SLOPE) times a 3x3 neighbourhood of
+# every channel, far beyond rounding. The fp32 tests therefore compare with the float64 reference evaluated on
+# the pieces the op chose, and check separately that the op chose a piece other than float64's only where the
+# float64 pre-activation is within KINK_MARGIN of its layer's scale from 0.
+KINK_MARGIN = 1e-5
+
+
+def clrb_on_pieces(x, weights, biases, groups, masks):
+    """clrb_reference with each LReLU's branch given by `masks` (True: identity, False: SLOPE)."""
+    feats = [x]
+    for k, (w, b) in enumerate(zip(weights, biases)):
+        y = F.conv2d(torch.cat(feats, dim=1), w, b, padding=1, groups=groups)
+        if k < 4:
+            feats.append(torch.where(masks[k], y, SLOPE * y))
+    return x + RES_SCALE * y
+
+
+def op_pieces(x, weights, biases, groups, impl="auto"):
+    """The LReLU branches the op took: the sign of each activation in its saved buffer, after x."""
+    nf, gc = x.shape[1], weights[0].shape[0]
+    with torch.no_grad():
+        _, buffer = torch.ops.csakd.clrb_forward(x, [w.detach() for w in weights], [b.detach() for b in biases],
+                                                 groups, impl)
+    return [buffer[:, nf + k * gc: nf + (k + 1) * gc].double() > 0 for k in range(4)]
+
+
+def check_pieces_differ_only_at_the_kink(x64, weights64, biases64, groups, masks):
+    feats = [x64.detach()]
+    for k in range(4):
+        y = F.conv2d(torch.cat(feats, 1), weights64[k].detach(), biases64[k].detach(), padding=1, groups=groups)
+        differ = masks[k].to(y.device) != (y > 0)
+        if bool(differ.any()):
+            worst = y[differ].abs().max().item()
+            assert worst <= KINK_MARGIN * y.abs().max().item(), (
+                f"conv{k + 1}: the op took the other LReLU branch at a pre-activation of {worst:.3g}")
+        feats.append(F.leaky_relu(y, SLOPE))
+
+
+def float64_oracle_on_op_pieces(x, weights, biases, grad_out, groups, impl="auto"):
+    """(out, grads) of the float64 reference on the op's LReLU pieces, after checking those pieces."""
+    x64, w64, b64 = as_f64([x])[0], as_f64(weights), as_f64(biases)
+    masks = op_pieces(x, weights, biases, groups, impl)
+    check_pieces_differ_only_at_the_kink(x64, w64, b64, groups, masks)
+    return value_and_grads(lambda *a: clrb_on_pieces(*a, groups, masks), x64, w64, b64, grad_out.double())
+
 
 def test_extension_is_built_for_cpu():
     assert op.LOAD_ERROR is None, op.LOAD_ERROR
@@ -93,14 +140,14 @@ def test_float64_forward_and_gradients_equal_reference(config, batch, h, w, seed
 
 @given(config=st.sampled_from(CONFIGS), batch=st.integers(1, 3), h=st.integers(1, 20), w=st.integers(1, 20),
        seed=st.integers(0, 2**16))
+@example(config=(86, 43, 1), batch=1, h=4, w=12, seed=4)  # conv3 pre-activation 1.2e-7 lands on the other side
 def test_float32_forward_and_gradients_match_float64_reference(config, batch, h, w, seed):
     nf, gc, groups = config
     weights, biases = make_params(nf, gc, groups, torch.float32, seed=seed)
     x = make_input(batch, nf, h, w, torch.float32, seed=seed + 1)
     grad_out = torch.randn(batch, nf, h, w, generator=torch.Generator().manual_seed(seed))
     out, grads = value_and_grads(lambda *a: op.clrb(*a, groups), x, weights, biases, grad_out)
-    ref, ref_grads = value_and_grads(lambda *a: clrb_reference(*a, groups), as_f64([x])[0], as_f64(weights),
-                                     as_f64(biases), grad_out.double())
+    ref, ref_grads = float64_oracle_on_op_pieces(x, weights, biases, grad_out, groups)
     assert out.dtype == torch.float32
     assert_close_to_scale(out, ref, 1e-4, "out")
     for name, g, r in zip(NAMES, grads, ref_grads):
@@ -270,6 +317,7 @@ def test_gpu_float32_every_impl_matches_float64(config, batch, h, w, seed):
     for impl in gpu_impls(groups, torch.float32):
         with no_tf32():
             out, grads = value_and_grads(lambda *a: op.clrb(*a, groups, impl=impl), x, weights, biases, grad_out)
+            ref, ref_grads = float64_oracle_on_op_pieces(x, weights, biases, grad_out, groups, impl)
         assert_close_to_scale(out, ref, 1e-5, f"{impl} out")
         for name, g, r in zip(NAMES, grads, ref_grads):
             assert_close_to_scale(g, r, 1e-4, f"{impl} {name}")

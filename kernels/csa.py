@@ -59,9 +59,13 @@ INTERPRETER_TILES_PER_CHUNK = 1
 
 
 def _tuned(kernel, configs):
-    """Autotune on a GPU over (BLOCK, num_warps, num_stages); fixed BLOCK in the interpreter."""
+    """Autotune on a GPU over (BLOCK, num_warps, num_stages); fixed BLOCK in the interpreter. CSAKD_AUTOTUNE=0
+    keeps each list's first config (no tuning runs, one compile per kernel: GPU test sessions, where fp32
+    "ieee" kernels take up to a minute each to compile)."""
     if _INTERPRETED:
         return kernel
+    if os.environ.get("CSAKD_AUTOTUNE", "1") == "0":
+        configs = configs[:1]
     return triton.autotune([triton.Config({"BLOCK": b}, num_warps=w, num_stages=s) for b, w, s in configs],
                            key=["CP"])(kernel)
 

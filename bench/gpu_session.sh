@@ -3,6 +3,8 @@
 # suite on CUDA, then the benchmarks. Stages are chosen by arguments, e.g.
 #   bash bench/gpu_session.sh env build tests latency kernels train
 # Everything is logged under $OUT (at most 8 files come back); CSAKD_COMMIT names the commit measured.
+# Budget knobs: TEST_TIMEOUT (s per pytest call), LATENCY_ARGS (e.g. "--compile-mode default --batch 1": Inductor's
+# max-autotune compiles for minutes per model and dtype), TRAIN_STEPS.
 set -uo pipefail
 OUT=${OUT:-/tmp/csakd-gpu}
 mkdir -p "$OUT"
@@ -37,7 +39,7 @@ for stage in "$@"; do
       tail -n 15 "$OUT/pytest_device.log" ;;
     latency)
       log latency
-      python3 bench/latency.py --out "$OUT/latency_gpu.json" 2>&1 | tail -n 40 | tee -a "$OUT/session.log" ;;
+      python3 bench/latency.py ${LATENCY_ARGS:-} --out "$OUT/latency_gpu.json" 2>&1 | tail -n 40 | tee -a "$OUT/session.log" ;;
     kernels)
       log kernels
       for b in csa losses clrb; do

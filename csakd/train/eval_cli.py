@@ -92,6 +92,8 @@ def run(args) -> int:
     from .report import write_evaluation
     from .trainer import amp_dtype
 
+    if args.figures < 0:
+        raise ValueError(f"figures: expected a number of images >= 0, got {args.figures}")
     if not Path(args.checkpoint).exists():
         raise FileNotFoundError(f"checkpoint: no such file or folder {args.checkpoint!r}")
     models = load_networks(args.checkpoint, args.network, args.backend)

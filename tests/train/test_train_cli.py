@@ -95,6 +95,10 @@ def test_band_mismatch_and_unknown_backend_end_with_one_line(capsys, student_fil
     _one_line_error(capsys, ["eval", "--checkpoint", str(student_file), "--backend", "nonsense", "--scenes", "1",
                              "--scene-size", "16", "--device", "cpu", "--out", str(tmp_path / "eval")],
                     "backend", "nonsense")
+    _one_line_error(capsys, ["eval", "--checkpoint", str(student_file), "--figures", "-1", "--scenes", "1",
+                             "--scene-size", "16", "--device", "cpu", "--out", str(tmp_path / "eval")],
+                    "figures: expected a number of images >= 0, got -1")
+    assert not (tmp_path / "eval").exists()
 
 
 def test_demo_refuses_bad_epochs_before_making_its_folder(capsys, tmp_path):

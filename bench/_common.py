@@ -107,3 +107,11 @@ def write_json(path: str | os.PathLike, payload: dict) -> Path:
 
 def best_device() -> torch.device:
     return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
+def add_kernel_bench_args(p) -> None:
+    """The timing options the kernel micro-benchmarks (csa.py, losses.py) share."""
+    p.add_argument("--warmup", type=int, default=25, help="GPU: warm-up ms for do_bench; CPU: untimed runs")
+    p.add_argument("--rep", type=int, default=200, help="GPU: timed ms for do_bench; CPU: timed runs")
+    p.add_argument("--no-compile", action="store_true", help="skip torch.compile of the reference")
+    p.add_argument("--compile-mode", default="default", help="torch.compile mode of the reference")

@@ -23,7 +23,8 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import RESULTS, best_device, environment, measured_ceilings, time_fn, write_json  # noqa: E402
+from _common import (RESULTS, add_kernel_bench_args, best_device, environment, measured_ceilings,  # noqa: E402
+                     time_fn, write_json)
 
 from csakd.kernels import csa as fused  # noqa: E402
 from csakd.models.csa import PARAM_NAMES, CSAFusion, csa_reference  # noqa: E402
@@ -45,10 +46,7 @@ def parse_args(argv=None):
     p.add_argument("--dtypes", nargs="+", default=["bf16", "fp32"], choices=sorted(DTYPES))
     p.add_argument("--passes", nargs="+", default=["forward", "forward+backward"],
                    choices=["forward", "forward+backward"])
-    p.add_argument("--warmup", type=int, default=25, help="GPU: warm-up ms for do_bench; CPU: untimed runs")
-    p.add_argument("--rep", type=int, default=200, help="GPU: timed ms for do_bench; CPU: timed runs")
-    p.add_argument("--no-compile", action="store_true", help="skip torch.compile of the reference")
-    p.add_argument("--compile-mode", default="default", help="torch.compile mode of the reference")
+    add_kernel_bench_args(p)
     p.add_argument("--channels-last", action="store_true", help="inputs in channels-last layout")
     p.add_argument("--quick", action="store_true", help="tiny shapes, two runs, no compile (CPU smoke test)")
     p.add_argument("--out", default=None, help="results JSON (default: none; bench/results/ is the usual place)")

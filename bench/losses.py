@@ -25,7 +25,8 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import best_device, environment, measured_ceilings, time_fn, write_json  # noqa: E402
+from _common import (add_kernel_bench_args, best_device, environment, measured_ceilings, time_fn,  # noqa: E402
+                     write_json)
 
 from csakd import losses as reference  # noqa: E402
 from csakd.kernels import losses as fused  # noqa: E402  (sets TRITON_INTERPRET without CUDA)
@@ -56,10 +57,7 @@ def parse_args(argv=None):
     p.add_argument("--beba-form", default="reference", choices=reference.FORMS)
     p.add_argument("--teacher", action="store_true", help="student objective: add rec(pred, teacher_pred)")
     p.add_argument("--kd-channels", type=int, default=86, help="KD feature channels (default 86; 0: skip KD)")
-    p.add_argument("--warmup", type=int, default=25, help="GPU: warm-up ms for do_bench; CPU: untimed runs")
-    p.add_argument("--rep", type=int, default=200, help="GPU: timed ms for do_bench; CPU: timed runs")
-    p.add_argument("--no-compile", action="store_true", help="skip torch.compile of the reference")
-    p.add_argument("--compile-mode", default="default", help="torch.compile mode of the reference")
+    add_kernel_bench_args(p)
     p.add_argument("--sweep", action="store_true", help="GPU: time alternative tiles of the fused kernels")
     p.add_argument("--quick", action="store_true", help="tiny shapes, two runs, no compile (CPU smoke test)")
     p.add_argument("--out", default=None, help="results JSON (default: none; bench/results/ is the usual place)")

@@ -20,7 +20,8 @@ import torch
 
 @dataclass(frozen=True)
 class DemoSettings:
-    """Everything the demo chooses. `full()` takes ~2 minutes on 2 idle CPU cores (8 on a loaded one), `quick()` at ~30 s."""
+    """Everything the demo chooses. `full()` takes ~2 minutes on 2 idle CPU cores (8 on a loaded one), `quick()`
+    ~30 s."""
 
     bands: int = 31
     scene_size: int = 64
@@ -207,7 +208,8 @@ def register(subparsers) -> None:
         description="Synthesise a small dataset with the embedded scene generator, co-train a teacher and a "
                     "student with online distillation (small CPU presets, not the paper's configuration), "
                     "evaluate them against bicubic and GSA on held-out scenes and write a Markdown report with "
-                    "figures to the folder it prints. About 2 minutes on 2 idle CPU cores (measured; longer on a busy machine); --quick about 30 s.")
+                    "figures to the folder it prints. About 2 minutes on 2 idle CPU cores (longer on a busy "
+                    "machine); --quick about 30 s.")
     parser.add_argument("--out", default=None, help="report folder to create (default runs/demo-<date>-<time>)")
     parser.add_argument("--quick", action="store_true",
                         help="a ~30 s smoke run (fewer, smaller scenes and epochs) for CI")

@@ -140,7 +140,8 @@ def write_report(out: Path, result: dict, results: dict, figures: dict) -> Path:
     sec = result["seconds"]
     lines = [
         "# csakd demo report", "",
-        f"Student PSNR on {s['test_scenes']} held-out generated scenes: **{result['means']['student']['psnr']:.2f} dB**, "
+        f"Student PSNR on {s['test_scenes']} held-out generated scenes: "
+        f"**{result['means']['student']['psnr']:.2f} dB**, "
         f"bicubic upsampling {result['means']['bicubic']['psnr']:.2f} dB "
         f"({result['student_minus_bicubic_psnr']:+.2f} dB), GSA {result['means']['gsa']['psnr']:.2f} dB.", "",
         "**This is a small CPU demonstration, not the paper's configuration.** The networks are the `teacher_tiny` "

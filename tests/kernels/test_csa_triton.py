@@ -11,7 +11,8 @@ involved (the 1e-2 floor covers q/k grads of a nearly saturated softmax, ~1e-30,
 meaningless). The q/k-path grads of a softmax near saturation are ill-conditioned in any fp32 evaluation:
 the logits' own fp32 rounding (relative 6e-8 of logits up to ~1e3 at gain 100) moves the tiny p(1-p)
 factors, so there a result may also err up to twice PyTorch's own fp32 error. Drawn example (below): dwq
-errs 1.31e-4 of its max in the fused kernels and 1.31e-4 in PyTorch fp32, dwk 6.5e-4 in both. With logits of order 1e4 (test_saturated_softmax) the grads through the softmax are
+errs 1.31e-4 of its max in the fused kernels and 1.31e-4 in PyTorch fp32, dwk 6.5e-4 in both.
+With logits of order 1e4 (test_saturated_softmax) the grads through the softmax are
 ill-conditioned in any fp32 evaluation: the logits carry absolute errors ~3e-3 (PyTorch's direct q·kᵀ as
 much as the Gram form), which move near-tied softmax rows, and the Gram form's dG = Wqᵀ dP Wk cancels more
 than the direct path (measured: q/k-path grads 2e-3 of their max vs PyTorch fp32's 2e-4); there the output

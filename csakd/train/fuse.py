@@ -55,7 +55,10 @@ def _tensor(x, device) -> torch.Tensor:
     return torch.from_numpy(np.ascontiguousarray(x, dtype=np.float32))[None].to(device)
 
 
-def _check(model, lr_hsi, hr_msi) -> int:
+def check_fuse_inputs(model, lr_hsi, hr_msi, tile: int, overlap: int) -> int:
+    """Refuses a tiling or images `model` cannot fuse, with a message naming the argument; returns the scale."""
+    if tile < 1 or overlap < 0 or overlap >= tile:
+        raise ValueError(f"tile/overlap: expected tile >= 1 and 0 <= overlap < tile, got {tile} and {overlap}")
     cfg = model.config
     if lr_hsi.ndim != 3 or hr_msi.ndim != 3:
         raise ValueError(f"lr_hsi/hr_msi: expected (bands, height, width) images, got shapes "
@@ -139,9 +142,7 @@ def fuse_scene(model, lr_hsi, hr_msi, tile: int = 64, overlap: int = 8, device: 
     `out`, if given, is the (C, s·h, s·w) float32 array to fill (e.g. a memmap); the working memory is then
     bounded by the tile size.
     """
-    if tile < 1 or overlap < 0 or overlap >= tile:
-        raise ValueError(f"tile/overlap: expected tile >= 1 and 0 <= overlap < tile, got {tile} and {overlap}")
-    s = _check(model, lr_hsi, hr_msi)
+    s = check_fuse_inputs(model, lr_hsi, hr_msi, tile, overlap)
     device = torch.device(device)
     c_bands, (h, w) = lr_hsi.shape[0], lr_hsi.shape[1:]
     rows, cols = tile_starts(h, tile, overlap), tile_starts(w, tile, overlap)

@@ -25,7 +25,7 @@ def fuse_files(checkpoint, lr_path, msi_path, out_path, network: str = "student"
     from ..io import load_model
     from .checkpoint import resolve_model_file
     from .distributed import pick_device
-    from .fuse import _check, fuse_scene
+    from .fuse import check_fuse_inputs, fuse_scene
     from .trainer import amp_dtype
 
     out_path = Path(out_path)
@@ -44,10 +44,7 @@ def fuse_files(checkpoint, lr_path, msi_path, out_path, network: str = "student"
     lr_chw = ((lr.transpose(2, 0, 1).astype(np.float32) - lo) / (hi - lo))
     msi_chw = ((msi.transpose(2, 0, 1).astype(np.float32) - lo) / (hi - lo))
     # Checked before the output file exists: a refused input must not leave a zero-filled file behind.
-    _check(model, lr_chw, msi_chw)
-    if not (isinstance(tile, int) and tile >= 1 and isinstance(overlap, int) and 0 <= overlap < tile):
-        raise ValueError(f"tile/overlap: expected tile >= 1 and 0 <= overlap < tile, got {tile} and {overlap}")
-    s = model.config.scale
+    s = check_fuse_inputs(model, lr_chw, msi_chw, tile, overlap)
     shape = (lr.shape[0] * s, lr.shape[1] * s, lr.shape[2])
     try:
         if out_path.suffix.lower() == ".npy":

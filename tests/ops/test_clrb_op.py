@@ -80,42 +80,31 @@ KINK_MARGIN = 1e-5
 
 
 def clrb_on_pieces(x, weights, biases, groups, masks):
-    """clrb_reference with each LReLU's branch given by `masks` (True: identity, False: SLOPE)."""
+    """clrb_reference with each LReLU's branch given by `masks` (True: identity, False: SLOPE), after checking
+    that a mask differs from the sign of its pre-activation only within KINK_MARGIN of the layer's scale."""
     feats = [x]
     for k, (w, b) in enumerate(zip(weights, biases)):
         y = F.conv2d(torch.cat(feats, dim=1), w, b, padding=1, groups=groups)
         if k < 4:
+            differ = masks[k] != (y.detach() > 0)
+            if bool(differ.any()):
+                worst = y.detach()[differ].abs().max().item()
+                assert worst <= KINK_MARGIN * y.detach().abs().max().item(), (
+                    f"conv{k + 1}: the op took the other LReLU branch at a pre-activation of {worst:.3g}")
             feats.append(torch.where(masks[k], y, SLOPE * y))
     return x + RES_SCALE * y
 
 
-def op_pieces(x, weights, biases, groups, impl="auto"):
-    """The LReLU branches the op took: the sign of each activation in its saved buffer, after x."""
+def float64_oracle_on_op_pieces(x, weights, biases, grad_out, groups, impl="auto"):
+    """(out, grads) of the float64 reference on the LReLU pieces the op took: the signs of the activations in
+    its saved buffer, after x."""
     nf, gc = x.shape[1], weights[0].shape[0]
     with torch.no_grad():
         _, buffer = torch.ops.csakd.clrb_forward(x, [w.detach() for w in weights], [b.detach() for b in biases],
                                                  groups, impl)
-    return [buffer[:, nf + k * gc: nf + (k + 1) * gc].double() > 0 for k in range(4)]
-
-
-def check_pieces_differ_only_at_the_kink(x64, weights64, biases64, groups, masks):
-    feats = [x64.detach()]
-    for k in range(4):
-        y = F.conv2d(torch.cat(feats, 1), weights64[k].detach(), biases64[k].detach(), padding=1, groups=groups)
-        differ = masks[k].to(y.device) != (y > 0)
-        if bool(differ.any()):
-            worst = y[differ].abs().max().item()
-            assert worst <= KINK_MARGIN * y.abs().max().item(), (
-                f"conv{k + 1}: the op took the other LReLU branch at a pre-activation of {worst:.3g}")
-        feats.append(F.leaky_relu(y, SLOPE))
-
-
-def float64_oracle_on_op_pieces(x, weights, biases, grad_out, groups, impl="auto"):
-    """(out, grads) of the float64 reference on the op's LReLU pieces, after checking those pieces."""
-    x64, w64, b64 = as_f64([x])[0], as_f64(weights), as_f64(biases)
-    masks = op_pieces(x, weights, biases, groups, impl)
-    check_pieces_differ_only_at_the_kink(x64, w64, b64, groups, masks)
-    return value_and_grads(lambda *a: clrb_on_pieces(*a, groups, masks), x64, w64, b64, grad_out.double())
+    masks = [buffer[:, nf + k * gc: nf + (k + 1) * gc] > 0 for k in range(4)]
+    return value_and_grads(lambda *a: clrb_on_pieces(*a, groups, masks), as_f64([x])[0], as_f64(weights),
+                           as_f64(biases), grad_out.double())
 
 
 def test_extension_is_built_for_cpu():

@@ -55,6 +55,7 @@ import triton  # noqa: E402
 import triton.language as tl  # noqa: E402
 
 from csakd.kernels import csa as fused  # noqa: E402
+from sm90_compile import register_usage  # noqa: E402
 from csakd.kernels.csa_kernels import _cast  # noqa: E402
 from csakd.models.csa import PARAM_NAMES, CSAFusion, csa_reference  # noqa: E402
 
@@ -423,7 +424,8 @@ def _bad_inputs(kind):
     ("float64", "x1: expected dtype float32, bfloat16 or float16"), ("int", "x4: expected a floating-point"),
     ("device", "x2: expected a tensor on"), ("ndim", "x1: expected a 4-D tensor"), ("mode", "mode: expected one of"),
     ("heads", r"params\['wq'\]: expected attn_dim .* divisible by heads=3"),
-    ("param-shape", r"params\['wo'\]: expected shape \(12, 8\)"), ("param-missing", r"params: expected keys .* \['bg'\]"),
+    ("param-shape", r"params\['wo'\]: expected shape \(12, 8\)"),
+    ("param-missing", r"params: expected keys .* \['bg'\]"),
     ("too-wide", "x1: expected a non-empty .* nf <= 128"), ("nonfinite", "x1: expected finite values"),
 ])
 def test_bad_inputs_raise_value_error(kind, match):
@@ -434,35 +436,22 @@ def test_bad_inputs_raise_value_error(kind, match):
 
 # ---------------------------------------------------------------- GPU compilation (on a CPU), benchmark
 
-# Compiles the kernels for an H100 (sm_90) in a process where Triton is not interpreted (the interpreter accepts
-# code the compiler rejects, e.g. a plain Python global inside @jit) and prints the per-pixel kernels' register /
-# local-memory use read back from the cubin. Per-pixel kernels: the bf16 paper width (nf = 86, CP = 128) with
-# each autotune list's largest BLOCK at its fewest warps; the one-program mix kernels at CP = RP = 16 (at CP = 128
-# their unrolled fp32 "ieee" products take 5 s and 21 s here, see kernels/csa.py _MIX_WARPS).
+# The per-pixel kernels at the bf16 paper width (nf = 86, CP = 128) with each autotune list's largest BLOCK at its
+# fewest warps; the one-program mix kernels at CP = RP = 16 (at CP = 128 their unrolled fp32 "ieee" products take
+# 5 s and 21 s here, see kernels/csa.py _MIX_WARPS).
 _COMPILE_FOR_SM90 = r"""
-import os, re, subprocess, tempfile
-import triton, triton.language as tl
-from triton.backends.compiler import GPUTarget
-from triton.compiler import ASTSource
 from csakd.kernels import csa as F
 from csakd.kernels import csa_kernels as K
 
 MAPS = {"x1_ptr", "x2_ptr", "x3_ptr", "x4_ptr", "out_ptr", "do_ptr", "dx1_ptr", "dx2_ptr", "dx3_ptr", "dx4_ptr"}
-cuobjdump = os.path.join(os.path.dirname(triton.__file__), "backends", "nvidia", "bin", "cuobjdump")
 
 
-def compile_sm90(fn, consts, warps, stages):
+def compile_csa(fn, consts, warps, stages):
     sig = {a: "constexpr" if a in consts else ("*bf16" if a in MAPS else "*fp32") if a.endswith("_ptr")
            else "fp32" if a in ("n_pix", "scale") else "i32" for a in fn.arg_names}
     attrs = {(i,): [["tt.divisibility", 16]] for i, a in enumerate(fn.arg_names) if sig[a].startswith("*")}
-    kernel = triton.compile(ASTSource(fn, sig, consts, attrs), target=GPUTarget("cuda", 90, 32),
-                            options={"num_warps": warps, "num_stages": stages})
-    with tempfile.NamedTemporaryFile(suffix=".cubin") as f:
-        f.write(kernel.asm["cubin"])
-        f.flush()
-        usage = subprocess.run([cuobjdump, "-res-usage", f.name], capture_output=True, text=True).stdout
-    regs, local = re.search(r"REG:(\d+).*?LOCAL:(\d+)", usage).groups()
-    print(fn.__name__, consts.get("ATTENTION", "-"), "REG", regs, "LOCAL", local, flush=True)
+    label = f"{fn.__name__}[ATTENTION={consts.get('ATTENTION', '-')}]"
+    compile_sm90(fn, sig, consts, attrs, label, num_warps=warps, num_stages=stages)
 
 
 def widest(configs):
@@ -477,25 +466,18 @@ for fn, configs, modes in ((K._gram_kernel, F._REDUCE_CONFIGS, [None]), (K._appl
     block, warps, stages = widest(configs)
     for mode in modes:
         consts = dict(bf16, BLOCK=block) if mode is None else dict(bf16, BLOCK=block, ATTENTION=mode)
-        compile_sm90(fn, consts, warps, stages)
+        compile_csa(fn, consts, warps, stages)
 for fn in (K._mix_kernel, K._mix_grad_kernel):
-    compile_sm90(fn, dict(CP=16, RP=16, ATTENTION=True), F._MIX_WARPS, 1)
+    compile_csa(fn, dict(CP=16, RP=16, ATTENTION=True), F._MIX_WARPS, 1)
 """
 
 
 @pytest.mark.slow
 def test_kernels_compile_for_sm90_without_spills():
-    import subprocess
-    import sys
-
-    env = dict(os.environ, TRITON_INTERPRET="0", TRITON_DEFAULT_FP_FUSION="1")
-    run = subprocess.run([sys.executable, "-c", _COMPILE_FOR_SM90], capture_output=True, text=True, env=env,
-                         timeout=900)
-    assert run.returncode == 0, run.stderr[-3000:]
-    usage = [line.split() for line in run.stdout.split("\n") if " REG " in line]
-    assert len(usage) == 7, run.stdout
-    for name, mode, _, regs, _, local in usage[:5]:
-        assert local == "0", f"{name} (ATTENTION={mode}) spills: {regs} registers, {local} bytes of local memory"
+    usage = register_usage(_COMPILE_FOR_SM90, timeout=900)
+    assert len(usage) == 7, usage
+    for label, regs, local in usage[:5]:  # the per-pixel kernels
+        assert local == 0, f"{label} spills: {regs} registers, {local} bytes of local memory"
 
 
 def test_benchmark_cpu_smoke_run():

@@ -24,6 +24,7 @@ from hypothesis import strategies as st
 from csakd import losses as ref
 from csakd.kernels import losses as fused
 from csakd.kernels import losses_kernels
+from sm90_compile import register_usage
 
 TERMS = ("rec", "beba", "sam", "teacher_rec", "total")
 CUDA = torch.cuda.is_available()
@@ -465,13 +466,8 @@ def test_make_fx_trace_holds_the_two_ops():
     assert {"csakd.fusion_losses.default", "csakd.fusion_losses_backward.default"} <= targets
 
 
-# Compiles the kernels with their GPU tiles for an H100 (sm_90) in a process where Triton is not interpreted,
-# and prints each kernel's register / local-memory use read back from the cubin.
+# The kernels with their GPU tiles, as training launches them (bf16, C = 172 at 128²).
 _COMPILE_FOR_SM90 = r"""
-import os, re, subprocess, tempfile
-import triton, triton.language as tl
-from triton.backends.compiler import GPUTarget
-from triton.compiler import ASTSource
 from csakd.kernels import losses_kernels as K
 
 types = dict(stats_ptr="*fp32", pix_ptr="*fp32", g_rec_ptr="*fp32", g_beba_ptr="*fp32", g_sam_ptr="*fp32",
@@ -479,22 +475,14 @@ types = dict(stats_ptr="*fp32", pix_ptr="*fp32", g_rec_ptr="*fp32", g_beba_ptr="
              trec_ptr="*fp32", total_ptr="*fp32", g_ptr="*fp32", out_ptr="*fp32", alpha="fp32", beta="fp32",
              sam_eps="fp32", eps="fp32", w_rec="fp32", w_beba="fp32", w_sam="fp32", w_teacher="fp32")
 aligned = {"HW", "n_pix", "BC", "n"}  # multiples of 16 at the paper size; Triton specialises them so
-cuobjdump = os.path.join(os.path.dirname(triton.__file__), "backends", "nvidia", "bin", "cuobjdump")
 
 
-def compile_sm90(fn, consts, warps):
+def compile_loss(fn, consts, warps):
     sig = {a: "constexpr" if a in consts else types.get(a, "*bf16" if a.endswith("_ptr") else "i32")
            for a in fn.arg_names}
     attrs = {(i,): [["tt.divisibility", 16]] for i, a in enumerate(fn.arg_names)
              if sig[a] != "constexpr" and (sig[a].startswith("*") or a in aligned)}
-    kernel = triton.compile(ASTSource(fn, sig, consts, attrs), target=GPUTarget("cuda", 90, 32),
-                            options={"num_warps": warps})
-    with tempfile.NamedTemporaryFile(suffix=".cubin") as f:
-        f.write(kernel.asm["cubin"])
-        f.flush()
-        usage = subprocess.run([cuobjdump, "-res-usage", f.name], capture_output=True, text=True).stdout
-    regs, local = re.search(r"REG:(\d+).*?LOCAL:(\d+)", usage).groups()
-    print(fn.__name__, "REG", regs, "LOCAL", local)
+    compile_sm90(fn, sig, consts, attrs, fn.__name__, num_warps=warps)
 
 
 T = K.GPU_TILES
@@ -506,31 +494,21 @@ for paper, fwd, bwd, kfwd, kbwd in ((True, T.fwd_paper, T.bwd_paper, K._forward_
     names = ("BLOCK_C", "BLOCK_P") if paper else ("BLOCK_R", "BLOCK_K")
     r, c = K._blocks(172, 128 * 128, paper, fwd)
     extra = dict(STAGES=fwd.stages) if paper else {}
-    compile_sm90(kfwd, dict(common, SLOTS=K.SLOTS, **dict(zip(names, (r, c))), **extra), fwd.warps)
+    compile_loss(kfwd, dict(common, SLOTS=K.SLOTS, **dict(zip(names, (r, c))), **extra), fwd.warps)
     r, c = K._blocks(172, 128 * 128, paper, bwd)
-    compile_sm90(kbwd, dict(common, G_MASK=31, **dict(zip(names, (r, c)))), bwd.warps)
-compile_sm90(K._finalize_kernel, dict(HAS_TEACHER=True, ACC=tl.float32, SLOTS=K.SLOTS, BLOCK=1024), 4)
-compile_sm90(K._kd_forward_kernel, dict(ACC=tl.float32, BLOCK=K.KD_BLOCK, TILES=K.KD_TILES, STAGES=K.KD_STAGES), 8)
-compile_sm90(K._kd_backward_kernel, dict(ACC=tl.float32, BLOCK=K.KD_BLOCK), 8)
+    compile_loss(kbwd, dict(common, G_MASK=31, **dict(zip(names, (r, c)))), bwd.warps)
+compile_loss(K._finalize_kernel, dict(HAS_TEACHER=True, ACC=tl.float32, SLOTS=K.SLOTS, BLOCK=1024), 4)
+compile_loss(K._kd_forward_kernel, dict(ACC=tl.float32, BLOCK=K.KD_BLOCK, TILES=K.KD_TILES, STAGES=K.KD_STAGES), 8)
+compile_loss(K._kd_backward_kernel, dict(ACC=tl.float32, BLOCK=K.KD_BLOCK), 8)
 """
 
 
 def test_kernels_compile_for_sm90_without_spills():
-    # The interpreter accepts code the compiler may not; this compiles the bf16 specialisations that training
-    # launches (C = 172 at 128²) for an H100 and checks that none spills registers to local memory.
-    import os
-    import subprocess
-    import sys
-
-    env = dict(os.environ, TRITON_INTERPRET="0", TRITON_DEFAULT_FP_FUSION="1")
-    run = subprocess.run([sys.executable, "-c", _COMPILE_FOR_SM90], capture_output=True, text=True, env=env,
-                         timeout=600)
-    assert run.returncode == 0, run.stderr[-3000:]
-    lines = run.stdout.split("\n")
-    usage = [line.split() for line in lines if " REG " in line]
-    assert len(usage) == 7, run.stdout
-    for name, _, regs, _, local in usage:
-        assert local == "0", f"{name} spills: {regs} registers, {local} bytes of local memory"
+    # The interpreter accepts code the compiler may not: compile for an H100 and check that nothing spills.
+    usage = register_usage(_COMPILE_FOR_SM90, timeout=600)
+    assert len(usage) == 7, usage
+    for label, regs, local in usage:
+        assert local == 0, f"{label} spills: {regs} registers, {local} bytes of local memory"
 
 
 # ---------------------------------------------------------------- GPU

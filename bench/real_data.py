@@ -90,6 +90,12 @@ class Repeat(torch.utils.data.Dataset):
         return self.base[index % len(self.base)]
 
 
+def student_better(student: dict, baseline: dict) -> dict[str, bool]:
+    """Per metric, whether the student's value is the better one (PSNR higher, SAM and RMSE lower)."""
+    return {"psnr": student["psnr"] > baseline["psnr"], "sam": student["sam"] < baseline["sam"],
+            "rmse": student["rmse"] < baseline["rmse"]}
+
+
 def timed_trainer(deadline: float, report_every: float = 30.0):
     """csakd's Trainer, also finished when `deadline` (time.perf_counter) has passed; the check happens
     at the end of each epoch, so a run overshoots by at most one epoch, and it always trains one epoch."""
@@ -190,18 +196,14 @@ def main(argv=None) -> int:
         base: {"psnr_gain_db": student["psnr"] - means[base]["psnr"],
                "sam_change_deg": student["sam"] - means[base]["sam"],
                "rmse_change": student["rmse"] - means[base]["rmse"],
-               "student_better": {"psnr": student["psnr"] > means[base]["psnr"],
-                                 "sam": student["sam"] < means[base]["sam"],
-                                 "rmse": student["rmse"] < means[base]["rmse"]}}
+               "student_better": student_better(student, means[base])}
         for base in BASELINES}
     per_scene = {}
     for k, row in enumerate(results["student"]["per_image"]):
         per_scene[row["name"]] = {
             name: {m: results[name]["per_image"][k][m] for m in ("psnr", "sam", "rmse")} for name in results}
         per_scene[row["name"]]["student_better"] = {
-            base: {"psnr": row["psnr"] > results[base]["per_image"][k]["psnr"],
-                   "sam": row["sam"] < results[base]["per_image"][k]["sam"],
-                   "rmse": row["rmse"] < results[base]["per_image"][k]["rmse"]} for base in BASELINES}
+            base: student_better(row, results[base]["per_image"][k]) for base in BASELINES}
     payload = {
         "benchmark": "real_data",
         "environment": environment(torch.device("cpu")),

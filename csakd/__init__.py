@@ -1,7 +1,7 @@
 """csakd: hyperspectral super-resolution by fusing a low-resolution hyperspectral image with a
 high-resolution multispectral image (CSAKD, Hsu et al., IEEE TIP 2024)."""
 from .models import DTSNet, ModelConfig, Student, StudentLarge, Teacher, TeacherLarge, count_macs, create
-from .graphs import compile_for
+from .inference.graphs import compile_for
 from .ops import available_backends, get_backend, set_backend
 
 __version__ = "0.1.0"

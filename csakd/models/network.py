@@ -6,7 +6,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .._validate import check_fusion_inputs
-from . import inference
+from ..inference import prepared as inference
 from .blocks import CLRA, SLOPE, Stem
 from .config import ModelConfig, preset_config
 from .csa import CSAFusion
@@ -102,7 +102,7 @@ class DTSNet(nn.Module):
         Prepared weights: the parameters cast to `dtype`, CSA weights folded (`csakd.models.csa.csa_folded`),
         and with `pad` the dense branches zero-padded to multiples of 16 channels (86 -> 96, 43 -> 48) for
         tensor cores; `pad=None` pads on CUDA in bf16/fp16 when the CLRAs run through cuDNN. They are rebuilt
-        when any parameter changes (see `csakd.models.inference`); `invalidate_prepared()` forces that.
+        when any parameter changes (see `csakd.inference.prepared`); `invalidate_prepared()` forces that.
         """
         if dtype is not None or self._inference_dtype is None:
             self.inference_dtype = dtype if dtype is not None else torch.float32

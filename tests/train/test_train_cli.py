@@ -14,7 +14,7 @@ from csakd import metrics
 from csakd.cli import build_parser, main
 from csakd.data import write_pair
 from csakd.io import save_model
-from csakd.train.demo import DemoSettings, run_demo
+from csakd.cli.demo import DemoSettings, run_demo
 from csakd.train.trainer import build_network
 
 COMMANDS = ("train", "eval", "fuse", "demo")

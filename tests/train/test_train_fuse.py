@@ -10,7 +10,7 @@ from train_helpers import run_python
 
 import csakd
 from csakd.models import attention_weights
-from csakd.train.fuse import SceneAttention, fuse_scene, tile_starts
+from csakd.inference.tiled import SceneAttention, fuse_scene, tile_starts
 
 
 NARROW = dict(nf=16, gc=8, attn_dim=16, h_groups=4)  # student_tiny's depth at half its width: cheap tests
@@ -120,7 +120,7 @@ MEMORY_SCRIPT = textwrap.dedent("""
     import json, sys
     import numpy as np, torch
     import csakd
-    from csakd.train.fuse import fuse_scene
+    from csakd.inference.tiled import fuse_scene
 
     def rss_peak_kb():
         for line in open("/proc/self/status"):

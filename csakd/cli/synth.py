@@ -11,14 +11,14 @@ from pathlib import Path
 
 import numpy as np
 
-from .bands import AVIRIS_172_CHANNELS, AVIRIS_CHANNELS
-from .dataset import cube_datasets, generated_datasets
-from .degradation import BOUNDARIES, NOISE_TARGETS, SIGMA_KINDS, DegradationSpec
-from .readers import read_cube
-from .scenes import BAD_BAND_POLICIES, cube_files
-from .spectral_response import MODELS, PRESETS
-from .store import MANIFEST, write_manifest, write_pair, write_srf_csv
-from .tiling import SPLIT_MODES
+from ..data.bands import AVIRIS_172_CHANNELS, AVIRIS_CHANNELS
+from ..data.dataset import cube_datasets, generated_datasets
+from ..data.degradation import BOUNDARIES, NOISE_TARGETS, SIGMA_KINDS, DegradationSpec
+from ..data.readers import read_cube
+from ..data.scenes import BAD_BAND_POLICIES, cube_files
+from ..data.spectral_response import MODELS, PRESETS
+from ..data.store import MANIFEST, write_manifest, write_pair, write_srf_csv
+from ..data.tiling import SPLIT_MODES
 
 FORMAT = "csakd-fusion-dataset"
 NORMALISATION_NOTE = ("Items are stored in the data's units. FusionDataset scales each item by its hr_hsi min/max "

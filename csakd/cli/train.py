@@ -6,7 +6,7 @@ import time
 from pathlib import Path
 
 from ..losses import LossWeights
-from .config import MODES, NOISE_TARGETS, PRECISIONS, TrainConfig
+from ..train.config import MODES, NOISE_TARGETS, PRECISIONS, TrainConfig
 
 DEFAULTS = TrainConfig()
 LOSS_DEFAULTS = LossWeights()
@@ -150,7 +150,7 @@ def data_sources(args, defaults: dict | None = None) -> dict:
     """{"train": source, "val": source or None} from the data options (see `csakd.train.data`)."""
     import json
 
-    from .data import generated_source, with_split
+    from ..train.data import generated_source, with_split
 
     defaults = {"scenes": 16, "val_scenes": 4, "test_scenes": 4, "size": 64, "bands": 172, **(defaults or {})}
     opt = {k: getattr(args, k, None) for k in _DATA_OPTIONS}
@@ -187,7 +187,7 @@ def _folder(path: str, split: str) -> dict:
 
 
 def _open(sources: dict):
-    from .data import open_source
+    from ..train.data import open_source
 
     train, degradation = open_source(sources["train"])
     val = None
@@ -206,8 +206,8 @@ def _given_data_options(args) -> list[str]:
 
 
 def run(args) -> int:
-    from .data import shapes
-    from .trainer import Trainer
+    from ..train.data import shapes
+    from ..train.trainer import Trainer
 
     overrides = overrides_from_args(args)
     if args.resume:

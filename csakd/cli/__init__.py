@@ -8,12 +8,12 @@ import sys
 
 # (name, module): the module defines register(subparsers), adding a parser whose defaults set func(args).
 COMMANDS = [
-    ("synth", "csakd.data.synth_cli"),
-    ("train", "csakd.train.cli"),
-    ("eval", "csakd.train.eval_cli"),
-    ("fuse", "csakd.train.fuse_cli"),
-    ("demo", "csakd.train.demo"),
-    ("info", "csakd.info"),
+    ("synth", "csakd.cli.synth"),
+    ("train", "csakd.cli.train"),
+    ("eval", "csakd.cli.eval"),
+    ("fuse", "csakd.cli.fuse"),
+    ("demo", "csakd.cli.demo"),
+    ("info", "csakd.cli.info"),
 ]
 
 

@@ -7,7 +7,7 @@ import platform
 def describe() -> dict:
     import torch
 
-    from . import __version__, ops
+    from .. import __version__, ops
 
     devices = ["cpu"] + ([f"cuda:{i} ({torch.cuda.get_device_name(i)})" for i in range(torch.cuda.device_count())]
                          if torch.cuda.is_available() else [])

@@ -6,7 +6,7 @@ import argparse
 import time
 from pathlib import Path
 
-from .checkpoint import resolve_model_file
+from ..train.checkpoint import resolve_model_file
 
 DEFAULT_SNRS = (25.0, 30.0, 35.0, 40.0, 45.0)
 
@@ -42,7 +42,7 @@ def load_networks(checkpoint, which: str = "all", backend: str | None = None) ->
 
 
 def check_compatible(models: dict, dataset) -> None:
-    from .data import shapes
+    from ..train.data import shapes
 
     bands, msi_bands, scale = shapes(dataset)
     for name, model in models.items():
@@ -57,8 +57,8 @@ def dataset_for(args, models: dict):
     is a run folder, else generated scenes matching the checkpoint's band count."""
     import json
 
-    from .config import TrainConfig
-    from .data import generated_source, open_source, with_split
+    from ..train.config import TrainConfig
+    from ..train.data import generated_source, open_source, with_split
 
     run_config = Path(args.checkpoint) / "config.json"
     if args.data is None and run_config.is_file():
@@ -87,10 +87,10 @@ def run(args) -> int:
     import torch
 
     from ..baselines import BASELINES
-    from .distributed import pick_device
-    from .evaluate import evaluate_methods, ground_truths
-    from .report import write_evaluation
-    from .trainer import amp_dtype
+    from ..train.distributed import pick_device
+    from ..train.evaluate import evaluate_methods, ground_truths
+    from ..train.report import write_evaluation
+    from ..train.trainer import amp_dtype
 
     if args.figures < 0:
         raise ValueError(f"figures: expected a number of images >= 0, got {args.figures}")

@@ -34,7 +34,7 @@ class GraphedForward:
         """The model's current prepared weights (refreshed if stale), None for a model without them."""
         if getattr(self.model, "inference_dtype", None) is None:
             return None
-        from .models import inference
+        from . import prepared as inference
 
         return inference.current(self.model, self.lr.device)[1]
 

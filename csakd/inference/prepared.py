@@ -24,8 +24,8 @@ from dataclasses import dataclass, field
 import torch
 import torch.nn.functional as F
 
-from .blocks import SLOPE, clra_reference
-from .csa import csa_folded, fold_csa_params
+from ..models.blocks import SLOPE, clra_reference
+from ..models.csa import csa_folded, fold_csa_params
 
 DTYPES = (torch.float32, torch.bfloat16, torch.float16)
 _ALIASES = {"float32": torch.float32, "fp32": torch.float32, "float": torch.float32,

@@ -50,7 +50,7 @@ class DemoSettings:
 
 
 def _train_config(s: DemoSettings, data: dict, bands: int, msi_bands: int, progress: bool):
-    from .config import TrainConfig
+    from ..train.config import TrainConfig
 
     return TrainConfig(mode="online", teacher="teacher_tiny", student="student_tiny", bands=bands,
                        msi_bands=msi_bands, epochs=s.epochs, batch_size=s.batch_size, crop=s.crop,
@@ -63,12 +63,12 @@ def run_demo(out_dir, settings: DemoSettings, progress: bool = True, log=print) 
     """Runs the demo into `out_dir` and returns its summary (also written as summary.json)."""
     from ..baselines import BASELINES
     from ..io import load_model
-    from .checkpoint import resolve_model_file
-    from .data import generated_source, open_source, shapes, with_split
-    from .evaluate import evaluate_methods, ground_truths
-    from .report import plot_training_curve, write_evaluation
-    from .runlog import RunLog
-    from .trainer import Trainer
+    from ..train.checkpoint import resolve_model_file
+    from ..train.data import generated_source, open_source, shapes, with_split
+    from ..train.evaluate import evaluate_methods, ground_truths
+    from ..train.report import plot_training_curve, write_evaluation
+    from ..train.runlog import RunLog
+    from ..train.trainer import Trainer
 
     s = settings
     out = Path(out_dir)
@@ -126,7 +126,7 @@ def run_demo(out_dir, settings: DemoSettings, progress: bool = True, log=print) 
 
 
 def write_report(out: Path, result: dict, results: dict, figures: dict) -> Path:
-    from .report import markdown_table
+    from ..train.report import markdown_table
 
     s = result["settings"]
     fmt = {"psnr": ".2f", "sam": ".2f", "rmse": ".4f", "ergas": ".2f", "ssim": ".4f"}

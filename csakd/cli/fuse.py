@@ -23,10 +23,10 @@ def fuse_files(checkpoint, lr_path, msi_path, out_path, network: str = "student"
     """Reads both cubes (H x W x bands), scales them with the LR-HSI's min/max as the training data were
     scaled, fuses in tiles and writes the (s·H) x (s·W) x bands result in the LR-HSI's units."""
     from ..io import load_model
-    from .checkpoint import resolve_model_file
-    from .distributed import pick_device
-    from .fuse import check_fuse_inputs, fuse_scene
-    from .trainer import amp_dtype
+    from ..train.checkpoint import resolve_model_file
+    from ..train.distributed import pick_device
+    from ..inference.tiled import check_fuse_inputs, fuse_scene
+    from ..train.trainer import amp_dtype
 
     out_path = Path(out_path)
     if out_path.suffix.lower() not in OUTPUT_SUFFIXES:

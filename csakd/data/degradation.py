@@ -20,7 +20,7 @@ import torch
 import torch.nn.functional as F
 
 from .._validate import check_float_tensor
-from .spectral_response import MODELS, PRESETS, spectral_response
+from .spectral_response import DEFAULT_SRF, MODELS, check_srf, spectral_response
 
 SIGMA_KINDS = ("std", "variance")
 # Names as torch.nn.functional.pad; "symmetric" repeats the edge pixel (MATLAB 'symmetric', scipy 'reflect'),
@@ -42,7 +42,9 @@ class DegradationSpec:
 
     psf_size: odd kernel side; None picks 2*ceil(3*std)+1 (19 for std 3).
     phase: decimation offset: LR pixel i is blurred HR pixel i*scale + phase (0 = `x[::scale]`).
-    srf_*: exactly one of srf_preset / srf_ranges (nm pairs) / srf_csv (file), shaped by srf_model.
+    srf_*: exactly one of srf_preset (a name of `spectral_response.srf_names()`; former names are stored as
+    their new ones) / srf_ranges (nm pairs) / srf_csv (file), shaped by srf_model. srf_bands: a measured
+    sensor's bands (its defaults, spelled out, when not given); None for the other sources.
     snr_db / noise_on / noise_seed: AWGN on "lr", "msi" or "both", power over the whole tensor (SPEC §4).
     msi_shift: (dy, dx) in HR pixels, content moves down/right; msi_affine: 2x2 linear part about the image
     centre (identity = none). Applied to the MSI only, modelling misregistration between the sensors.
@@ -54,7 +56,8 @@ class DegradationSpec:
     psf_size: int | None = None
     boundary: str = "reflect"
     phase: int = 0
-    srf_preset: str | None = "landsat_tm_4"
+    srf_preset: str | None = DEFAULT_SRF
+    srf_bands: tuple | None = None
     srf_ranges: tuple | None = None
     srf_csv: str | None = None
     srf_model: str = "boxcar"
@@ -87,8 +90,14 @@ class DegradationSpec:
         sources = [n for n in ("srf_preset", "srf_ranges", "srf_csv") if getattr(self, n) is not None]
         if len(sources) != 1:
             raise ValueError(f"srf_preset/srf_ranges/srf_csv: expected exactly one, got {sources or 'none'}")
-        if self.srf_preset is not None and self.srf_preset not in PRESETS:
-            raise ValueError(f"srf_preset: expected one of {sorted(PRESETS)}, got {self.srf_preset!r}")
+        if self.srf_preset is not None:
+            name, bands = check_srf(self.srf_preset, self.srf_bands, self.srf_model, "srf_preset", "srf_bands",
+                                    "srf_model")
+            set_("srf_preset", name)
+            set_("srf_bands", bands)
+        elif self.srf_bands is not None:
+            raise ValueError(f"srf_bands: expected None without srf_preset (bands choose a measured sensor's "
+                             f"bands), got {self.srf_bands!r}")
         if self.srf_ranges is not None:
             try:
                 ranges = tuple((float(lo), float(hi)) for lo, hi in self.srf_ranges)
@@ -135,15 +144,18 @@ class DegradationSpec:
     def response(self, wavelengths, fwhm=None) -> np.ndarray:
         """The (M, C) spectral response matrix for these HSI band centres."""
         return spectral_response(self.srf_preset, wavelengths, fwhm=fwhm, model=self.srf_model,
-                                 ranges=self.srf_ranges, csv_path=self.srf_csv)
+                                 ranges=self.srf_ranges, csv_path=self.srf_csv, bands=self.srf_bands)
 
     def describe(self) -> str:
         srf = self.srf_preset or (f"ranges {self.srf_ranges}" if self.srf_ranges else f"CSV {self.srf_csv}")
+        shape = self.srf_model
+        if self.srf_bands is not None:
+            srf, shape = f"{srf} bands {','.join(self.srf_bands)}", "measured"
         noise = f"AWGN {self.snr_db:g} dB on {self.noise_on} (seed {self.noise_seed})" if self.snr_db is not None \
             else "no noise"
         return (f"scale {self.scale}, Gaussian PSF std {self.psf_std:g} HR px ({self.psf_sigma_kind} "
                 f"{self.psf_sigma:g} given), {self.psf_size}x{self.psf_size}, boundary {self.boundary}, "
-                f"phase {self.phase}; SRF {srf} ({self.srf_model}); {noise}; MSI shift {self.msi_shift}, "
+                f"phase {self.phase}; SRF {srf} ({shape}); {noise}; MSI shift {self.msi_shift}, "
                 f"affine {self.msi_affine}")
 
     def to_dict(self) -> dict:
@@ -152,6 +164,10 @@ class DegradationSpec:
         out["msi_affine"] = [list(r) for r in self.msi_affine]
         if self.srf_ranges is not None:
             out["srf_ranges"] = [list(r) for r in self.srf_ranges]
+        if self.srf_bands is None:
+            del out["srf_bands"]  # so that a spec of the paper's protocol reads as it did before srf_bands
+        else:
+            out["srf_bands"] = list(self.srf_bands)
         return out
 
     @classmethod

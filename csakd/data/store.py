@@ -1,8 +1,11 @@
 """On-disk layout of a fusion dataset (what `csakd synth` writes and `FusionDataset.from_folder` reads):
 
-    DIR/dataset.json        manifest: splits -> item names, shapes, band centres, provenance
+    DIR/dataset.json        manifest: splits -> item names, shapes, band centres, provenance (source files and
+                            their sha256, the spec, "srf": which spectral response and where its curves came
+                            from, "quality": a data-quality summary per source scene)
     DIR/spec.json           the DegradationSpec
-    DIR/srf.csv             the spectral response used (one row per HSI band: wavelength, then M weights)
+    DIR/srf.csv             the spectral response used (one row per HSI band: wavelength, then M weights; the
+                            header names the MSI bands), readable back with --srf-csv
     DIR/<split>/<name>.npz  hr_hsi (H, W, C), lr_hsi (h, w, C), hr_msi (H, W, M): float32, the data's units
 
 A folder of such .npz files without a manifest is a valid dataset too (the user's own paired data).
@@ -54,12 +57,16 @@ def write_manifest(root, manifest: dict) -> Path:
     return path
 
 
-def write_srf_csv(path, srf: np.ndarray, wavelengths) -> Path:
-    """One row per HSI band: its centre (nm) and its weight in each MSI band."""
+def write_srf_csv(path, srf: np.ndarray, wavelengths, labels=None) -> Path:
+    """One row per HSI band: its centre (nm) and its weight in each MSI band; `labels` name the MSI bands
+    (default msi_band_1..M)."""
     path = Path(path)
+    labels = [f"msi_band_{m + 1}" for m in range(srf.shape[0])] if labels is None else [str(v) for v in labels]
+    if len(labels) != srf.shape[0]:
+        raise ValueError(f"labels: expected {srf.shape[0]} MSI band names (one per row of srf), got {len(labels)}")
     with path.open("w", newline="") as f:
         out = csv.writer(f)
-        out.writerow(["wavelength_nm"] + [f"msi_band_{m + 1}" for m in range(srf.shape[0])])
+        out.writerow(["wavelength_nm"] + labels)
         for c, wl in enumerate(wavelengths):
             out.writerow([f"{wl:.6f}"] + [f"{v:.10g}" for v in srf[:, c]])
     return path

@@ -1,16 +1,13 @@
 """`csakd synth` writes datasets that FusionDataset loads, with the spec and provenance beside them."""
 import json
-from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 
 from csakd.cli import build_parser, main
-from csakd.data import AVIRIS_172_CHANNELS, DegradationSpec, FusionDataset, generated_datasets
-
-SHARED = Path(__file__).parents[2] / ".." / "shared" / "data"
-needs_data = pytest.mark.skipif(not SHARED.is_dir(), reason="../shared/data is absent")
+from csakd.data import (AVIRIS_172_CHANNELS, DegradationSpec, FusionDataset, generate_scene,
+                        generated_datasets, spectral_response)
 
 
 def test_generated_dataset_round_trip(tmp_path):
@@ -77,17 +74,16 @@ def test_cube_file_with_bad_bands_and_region_split(tmp_path, capsys):
     assert "7 of 224 bands are unusable" in capsys.readouterr().err
 
 
-@needs_data
-def test_jasper_ridge_with_defaults(tmp_path):
+def test_jasper_ridge_with_defaults(tmp_path, real_scene):
     out = tmp_path / "jasper"
-    assert main(["synth", "--source", str(SHARED / "aviris_jasperridge_100x100x198.npz"), "--out", str(out),
-                 "--no-progress"]) == 0
+    source = real_scene("aviris_jasperridge_100x100x198.npz")
+    assert main(["synth", "--source", str(source), "--out", str(out), "--no-progress"]) == 0
     manifest = json.loads((out / "dataset.json").read_text())
     assert manifest["source"]["channels"] == list(AVIRIS_172_CHANNELS)
     train, test = FusionDataset.from_folder(out, "train"), FusionDataset.from_folder(out, "test")
     assert train[0]["hr_hsi"].shape == (172, 80, 100) and train[0]["lr_hsi"].shape == (172, 20, 25)
     assert test[0]["hr_msi"].shape == (4, 20, 100)
-    z = np.load(SHARED / "aviris_jasperridge_100x100x198.npz")
+    z = np.load(source)
     gt = z["hsi"][:80, :, z["paper_keep_mask"]].astype(np.float64)
     item = train[0]
     restored = item["hr_hsi"].double().numpy().transpose(1, 2, 0) * (item["max"] - item["min"]) + item["min"]
@@ -109,3 +105,72 @@ def test_folder_of_cubes_splits_by_scene(tmp_path):
     assert len(scenes["train"]) == 2 and len(scenes["test"]) == 1 and not scenes["train"] & scenes["test"]
     assert len(FusionDataset.from_folder(out, "train")) == 8  # 2 scenes x (2 x 2) tiles of 16
     np.testing.assert_allclose(manifest["wavelengths"], np.linspace(400, 1000, 20))
+
+
+def vnir_cube(path, bands=150, size=32):
+    """A generated scene on a 400-900 nm grid, saved with its band centres."""
+    wl = np.linspace(400.0, 900.0, bands)
+    np.savez(path, hsi=generate_scene(size, size, bands=bands, wavelengths=wl), wavelengths=wl)
+    return path
+
+
+def test_measured_response_is_used_recorded_and_checked(tmp_path, capsys):
+    pytest.importorskip("pyrsr")
+    cube = vnir_cube(tmp_path / "vnir.npz")
+    out = tmp_path / "s2"
+    assert main(["synth", "--source", str(cube), "--out", str(out), "--srf", "Sentinel-2A", "--srf-bands",
+                 "2,3,4,8", "--tile", "16", "--no-progress"]) == 0
+    printed = capsys.readouterr().out
+    spec = DegradationSpec.load(out / "spec.json")
+    assert (spec.srf_preset, spec.srf_bands) == ("sentinel2a", ("2", "3", "4", "8"))
+    manifest = json.loads((out / "dataset.json").read_text())
+    assert manifest["srf"]["kind"] == "measured" and manifest["srf"]["source"].startswith("pyrsr")
+    assert manifest["msi_bands"] == 4 and "sentinel2a bands 2,3,4,8 (measured)" in manifest["spec_description"]
+    header = (out / "srf.csv").read_text().splitlines()[0]
+    assert header == "wavelength_nm,sentinel2a_band_2,sentinel2a_band_3,sentinel2a_band_4,sentinel2a_band_8"
+    srf = np.loadtxt(out / "srf.csv", delimiter=",", skiprows=1)
+    np.testing.assert_allclose(srf[:, 1:], spectral_response("sentinel2a", srf[:, 0]).T, atol=1e-6)
+    quality = manifest["quality"]["vnir"]
+    assert quality["bands"] == 150 and quality["negative_values"]["count"] == 0
+    assert quality["unused_by_srf"] and len(quality["snr_db"]) == 150
+    fits = next(line for line in printed.splitlines() if line.strip().startswith("fit:"))
+    assert "paper_tm_1_4" in fits and "sentinel2a" in fits and "paper_tm_1_5_7" not in fits
+    assert "refused: paper_tm_1_5_7 (TM5" in printed and "quality of vnir (150 bands" in printed
+
+    # A band outside the cube's range is refused with one error line, after the list of what would fit.
+    assert main(["synth", "--source", str(cube), "--out", str(tmp_path / "b11"), "--srf", "sentinel2a",
+                 "--srf-bands", "2,11", "--no-progress"]) == 2
+    err = capsys.readouterr().err.splitlines()
+    assert err[-1].startswith("csakd synth: error: bands:") and "sentinel2a band 11 at 1569-1658 nm" in err[-1]
+    assert any(line.strip().startswith("fit:") for line in err) and not (tmp_path / "b11").exists()
+    assert main(["synth", "--source", str(cube), "--out", str(tmp_path / "tm"), "--srf-bands", "2",
+                 "--no-progress"]) == 2
+    assert "--srf-bands: expected --srf naming a measured sensor" in capsys.readouterr().err
+
+
+def test_old_preset_names_and_old_specs_still_work(tmp_path):
+    old_spec = tmp_path / "old.json"
+    old_spec.write_text(json.dumps({"scale": 4, "psf_sigma": 3.0, "psf_sigma_kind": "std", "psf_size": 19,
+                                    "boundary": "reflect", "phase": 0, "srf_preset": "landsat_tm_6",
+                                    "srf_ranges": None, "srf_csv": None, "srf_model": "boxcar", "snr_db": None,
+                                    "noise_on": "lr", "noise_seed": 0, "msi_shift": [0.0, 0.0],
+                                    "msi_affine": [[1.0, 0.0], [0.0, 1.0]], "version": 1}))
+    args = ["--source", "generated", "--count", "2", "--size", "16", "--no-progress"]
+    assert main(["synth", "--out", str(tmp_path / "a"), "--spec", str(old_spec)] + args) == 0
+    assert main(["synth", "--out", str(tmp_path / "b"), "--srf", "landsat_tm_6"] + args) == 0
+    for name in ("a", "b"):
+        spec = json.loads((tmp_path / name / "spec.json").read_text())
+        assert spec["srf_preset"] == "paper_tm_1_5_7" and "srf_bands" not in spec
+        assert json.loads((tmp_path / name / "dataset.json").read_text())["msi_bands"] == 6
+
+
+def test_list_srf_prints_the_names_and_what_fits(tmp_path, capsys):
+    assert main(["synth", "--list-srf"]) == 0
+    names = capsys.readouterr().out
+    for name in ("paper_tm_1_4", "paper_tm_1_5_7", "sentinel2a", "sentinel2b", "landsat5_tm", "landsat7_etm",
+                 "landsat8_oli", "landsat9_oli", "landsat_tm_4 = paper_tm_1_4"):
+        assert name in names
+    assert main(["synth", "--list-srf", "--source", str(vnir_cube(tmp_path / "c.npz"))]) == 0
+    assert "refused: paper_tm_1_5_7" in capsys.readouterr().out
+    assert main(["synth", "--out", str(tmp_path / "x")]) == 2
+    assert "--source: expected a value" in capsys.readouterr().err

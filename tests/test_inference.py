@@ -21,8 +21,8 @@ if not torch.cuda.is_available():
 
 import csakd  # noqa: E402
 from csakd import ops  # noqa: E402
-from csakd.models import CSAFusion, count_macs, create, csa_folded, csa_reference  # noqa: E402
-from csakd.models.csa import fold_csa_params  # noqa: E402
+from csakd.models import CSAFusion, count_macs, create, csa_reference  # noqa: E402
+from csakd.ops.csa_algebra import csa_folded, fold_csa_params  # noqa: E402
 
 DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
 FAST = [b for b in ops.available_backends(DEVICE) if b != "reference"]

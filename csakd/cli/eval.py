@@ -88,9 +88,9 @@ def run(args) -> int:
 
     from ..baselines import BASELINES
     from ..train.distributed import pick_device
+    from ..inference.precision import inference_dtype, set_precision
     from ..train.evaluate import evaluate_methods, ground_truths
     from ..train.report import write_evaluation
-    from ..train.trainer import amp_dtype
 
     if args.figures < 0:
         raise ValueError(f"figures: expected a number of images >= 0, got {args.figures}")
@@ -98,23 +98,24 @@ def run(args) -> int:
         raise FileNotFoundError(f"checkpoint: no such file or folder {args.checkpoint!r}")
     models = load_networks(args.checkpoint, args.network, args.backend)
     device = pick_device(args.device)
-    amp = amp_dtype(args.precision, device)
+    dtype = inference_dtype(args.precision, device, auto="fp32")
     dataset = dataset_for(args, models)
     check_compatible(models, dataset)
     for model in models.values():
-        model.to(device)
+        set_precision(model.to(device), dtype)
     methods = dict(models)
     if args.baselines:
         methods.update(BASELINES)
     snrs = args.snrs if args.snr_sweep else None
     t0 = time.perf_counter()
     results = evaluate_methods(methods, dataset, snrs=snrs, noise_on=args.noise_on, keep_predictions=args.figures,
-                               device=device, amp=amp, seed=args.seed)
+                               device=device, seed=args.seed)
     out = Path(args.out) if args.out else Path("runs") / time.strftime("eval-%Y%m%d-%H%M%S")
     truths = ground_truths(dataset, args.figures)
     write_evaluation(results, out, truths, getattr(dataset, "wavelengths", None), figures=args.figures > 0,
                      extra={"checkpoint": str(args.checkpoint), "images": len(dataset), "noise_on": args.noise_on,
-                            "torch": torch.__version__, "device": str(device)})
+                            "torch": torch.__version__, "device": str(device),
+                            "precision": str(dtype).replace("torch.", "")})
     print(f"{'method':>10} {'PSNR':>8} {'SAM':>8} {'RMSE':>10} {'ERGAS':>8} {'SSIM':>7}")
     for name, r in results.items():
         m = r["mean"]
@@ -157,7 +158,8 @@ def register(subparsers) -> None:
     parser.add_argument("--out", default=None, help="output folder (default runs/eval-<date>-<time>)")
     parser.add_argument("--device", default="auto", help="cpu, cuda, cuda:N or auto (default auto)")
     parser.add_argument("--precision", choices=("auto", "fp32", "bf16", "fp16"), default="auto",
-                        help="inference precision: auto is bf16 on GPU, fp32 on CPU")
+                        help="inference precision: fp32, or bf16/fp16 on the prepared inference path (default auto: "
+                             "fp32, the precision of the reported metrics)")
     parser.add_argument("--backend", default=None,
                         help="kernels: reference, triton, cuda or auto (default: the process default)")
     parser.set_defaults(func=run)

@@ -24,9 +24,9 @@ def fuse_files(checkpoint, lr_path, msi_path, out_path, network: str = "student"
     scaled, fuses in tiles and writes the (s·H) x (s·W) x bands result in the LR-HSI's units."""
     from ..io import load_model
     from ..train.checkpoint import resolve_model_file
-    from ..train.distributed import pick_device
+    from ..inference.precision import inference_dtype, set_precision
     from ..inference.tiled import check_fuse_inputs, fuse_scene
-    from ..train.trainer import amp_dtype
+    from ..train.distributed import pick_device
 
     out_path = Path(out_path)
     if out_path.suffix.lower() not in OUTPUT_SUFFIXES:
@@ -35,7 +35,7 @@ def fuse_files(checkpoint, lr_path, msi_path, out_path, network: str = "student"
         raise FileNotFoundError(f"out: the folder {str(out_path.parent)!r} does not exist")
     model = load_model(resolve_model_file(checkpoint, network), backend=backend)
     torch_device = pick_device(device)
-    amp = amp_dtype(precision, torch_device)
+    dtype = inference_dtype(precision, torch_device, auto="gpu-bf16")
     lr, msi = _read(lr_path, "lr_hsi"), _read(msi_path, "hr_msi")
     lo, hi = float(lr.min()), float(lr.max())
     if not hi > lo:
@@ -51,8 +51,8 @@ def fuse_files(checkpoint, lr_path, msi_path, out_path, network: str = "student"
             out = np.lib.format.open_memmap(out_path, mode="w+", dtype=np.float32, shape=shape)
         else:
             out = np.empty(shape, dtype=np.float32)
-        fuse_scene(model.to(torch_device), lr_chw, msi_chw, tile=tile, overlap=overlap, device=torch_device,
-                   amp=amp, out=out.transpose(2, 0, 1), progress=progress)
+        fuse_scene(set_precision(model.to(torch_device), dtype), lr_chw, msi_chw, tile=tile, overlap=overlap,
+                   device=torch_device, out=out.transpose(2, 0, 1), progress=progress)
         for y in range(0, shape[0], tile * s):  # back to the input's units, in strips
             out[y:y + tile * s] = out[y:y + tile * s] * (hi - lo) + lo
         if isinstance(out, np.memmap):
@@ -96,7 +96,8 @@ def register(subparsers) -> None:
                         help="overlap of neighbouring tiles in LR-HSI pixels, blended linearly (default 8)")
     parser.add_argument("--device", default="auto", help="cpu, cuda, cuda:N or auto (default auto)")
     parser.add_argument("--precision", choices=("auto", "fp32", "bf16", "fp16"), default="auto",
-                        help="inference precision: auto is bf16 on GPU, fp32 on CPU")
+                        help="inference precision: fp32, or bf16/fp16 on the prepared inference path (default auto: "
+                             "bf16 on a GPU, fp32 on a CPU)")
     parser.add_argument("--backend", default=None,
                         help="kernels: reference, triton, cuda or auto (default: the process default)")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")

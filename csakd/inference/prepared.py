@@ -2,14 +2,17 @@
 set: `DTSNet(..., dtype=)` or `model.prepare(dtype)`).
 
 Weights are prepared once per (dtype, device, padding): cast to the compute dtype, optionally zero-padded to
-tensor-core friendly channel counts (SPEC §7: 43 -> 48, 86 -> 96), and the CSA weights folded for
-`csa_folded` (mode "reference" folds the value and output projections into one nf x nf map for good). The
+tensor-core friendly channel counts (43 -> 48, 86 -> 96), and the CSA weights folded for
+`csakd.ops.csa_algebra.csa_folded` (mode "reference" folds the value and output projections into one nf x nf
+map for good). The network's wiring is `csakd.models.network.dts_forward`, the same as the module path's. The
 prepared tensors are plain tensors, not parameters: they are keyed on the parameters themselves (identity and
 autograd version counter) and refreshed, in place where the shapes allow (so CUDA graphs captured on them stay
 valid), as soon as a parameter changes: an optimizer step through ordinary in-place ops, `load_state_dict`
 (also with `assign=True`), `.to()`/`.cuda()`/`.half()` (which mark them stale). Changes autograd does not
 record (`p.data` writes or assignments, fused optimizer kernels such as `Adam(fused=True)`, replacing a whole
 submodule) are caught by switching mode with `model.train()`/`.eval()`, or by `model.invalidate_prepared()`.
+Parameters created under `torch.inference_mode()` have no version counter: they are tracked by identity only
+(they cannot be trained, and an in-place change to them needs `invalidate_prepared()`).
 
 Zero padding is exact: padded output channels have zero weights and bias, so they stay zero through every
 LReLU and residual, and padded input channels meet zero weight columns. Only the dense (groups = 1) branches
@@ -24,8 +27,8 @@ from dataclasses import dataclass, field
 import torch
 import torch.nn.functional as F
 
-from ..models.blocks import SLOPE, clra_reference
-from ..models.csa import csa_folded, fold_csa_params
+from ..models.blocks import SLOPE
+from ..ops.csa_algebra import csa_folded, fold_csa_params
 
 DTYPES = (torch.float32, torch.bfloat16, torch.float16)
 _ALIASES = {"float32": torch.float32, "fp32": torch.float32, "float": torch.float32,
@@ -105,7 +108,7 @@ def _parameters(modules) -> list[torch.Tensor]:
 
 
 def _versions(params) -> tuple[int, ...]:
-    return tuple(p._version for p in params)
+    return tuple(-1 if p.is_inference() else p._version for p in params)
 
 
 def _is_current(prep: Prepared) -> bool:
@@ -183,7 +186,7 @@ def prepared(model, dtype: torch.dtype, pad: bool) -> Prepared:
 def default_pad(device: torch.device, dtype: torch.dtype, impl) -> bool:
     """Padding pays where cuDNN runs the 16-bit convolutions on tensor cores (CUDA, CLRAs on the reference
     path). The CUDA CLRB extension pads inside its own kernel, and CPUs gain nothing from more channels."""
-    return device.type == "cuda" and dtype != torch.float32 and impl.clra_fn is clra_reference
+    return device.type == "cuda" and dtype != torch.float32 and impl.parts["clrb"] == "reference"
 
 
 def current(model, device: torch.device):
@@ -191,51 +194,62 @@ def current(model, device: torch.device):
     from .. import ops
 
     dtype = model.inference_dtype
-    impl = ops.resolve(model.backend, torch.empty(0, dtype=dtype, device=device))
+    impl = ops.resolve(model.backend, torch.empty(0, dtype=dtype, device=device), model.config)
     pad = model.pad_channels if model.pad_channels is not None else default_pad(device, dtype, impl)
     return impl, prepared(model, dtype, pad)
 
 
-def _run_branch(branch: PreparedBranch, x: torch.Tensor, clra_fn) -> torch.Tensor:
-    x = F.leaky_relu(F.conv2d(x, *branch.stem, padding=1), SLOPE)
-    for clra in branch.clras:
-        x = clra_fn(x, clra, branch.groups)
-    if branch.pad_out:
-        x = F.pad(x, (0, 0, 0, 0, 0, branch.pad_out))
-    return x
-
-
-def forward(model, lr_hsi: torch.Tensor, hr_msi: torch.Tensor, return_features: bool = False):
-    """The network of `DTSNet.forward` on prepared weights, in `model.inference_dtype`; returns the output (and
-    the fused features) in the inputs' dtype."""
-    cfg = model.config
-    dtype, out_dtype, device = model.inference_dtype, lr_hsi.dtype, lr_hsi.device
+def _parts(model, device: torch.device, attention=None):
+    """(branch, csa, head) of `csakd.models.network.dts_forward` on the prepared weights, in their dtype."""
     impl, prep = current(model, device)
-    autocast_off = (torch.autocast(device.type, enabled=False) if torch.is_autocast_enabled(device.type)
-                    else contextlib.nullcontext())
-    with autocast_off:
-        hr_size = hr_msi.shape[-2:]
-        # Interpolation in the inputs' dtype (usually fp32), the network in the compute dtype.
-        up_lr = F.interpolate(lr_hsi, size=hr_size, mode="bilinear", align_corners=False)
-        down_msi = F.interpolate(hr_msi, size=lr_hsi.shape[-2:], mode="bicubic", align_corners=False)
-        lr, msi = lr_hsi.to(dtype), hr_msi.to(dtype)
-        b = prep.branches
-        x4 = _run_branch(b["hm"], torch.cat([up_lr.to(dtype), msi], dim=1), impl.clra_fn)
-        x3 = _run_branch(b["mh"], torch.cat([lr, down_msi.to(dtype)], dim=1), impl.clra_fn)
-        x1 = _run_branch(b["h"], lr, impl.clra_fn)
-        x2 = _run_branch(b["m"], msi, impl.clra_fn)
-        x3 = F.interpolate(x3, size=hr_size, mode="nearest")
-        x1 = F.interpolate(x1, size=hr_size, mode="nearest")
-        mode, heads = model.csa.mode, model.csa.heads
+    dtype, mode, heads = prep.dtype, model.csa.mode, model.csa.heads
+    # With no fused CSA kernel, the folded PyTorch form: the same function, fewer per-pixel passes.
+    csa_fn = impl.csa if impl.parts["csa"] != "reference" else csa_folded
+
+    def branch(name, x):
+        b = prep.branches[name]
+        x = F.leaky_relu(F.conv2d(x.to(dtype), *b.stem, padding=1), SLOPE)
+        for clra in b.clras:
+            x = impl.clra(x, clra, b.groups)
+        return F.pad(x, (0, 0, 0, 0, 0, b.pad_out)) if b.pad_out else x
+
+    def csa(x1, x2, x3, x4):
         if mode == "sum":
-            fused = x1 + x2 + x3 + x4
-        elif impl.csa_fn is not None:
-            fused = impl.csa_fn(x1, x2, x3, x4, prep.csa, mode, heads)
-        else:
-            fused = csa_folded(x1, x2, x3, x4, prep.csa, mode, heads)
+            return x1 + x2 + x3 + x4
+        return csa_fn(x1, x2, x3, x4, prep.csa, mode, heads, attention)
+
+    def head(fused):
         fuse_w, fuse_b, last_w = prep.head
-        hr_hsi = F.conv2d(F.leaky_relu(F.conv2d(fused, fuse_w, fuse_b, padding=1), SLOPE), last_w, padding=1)
-    hr_hsi = hr_hsi.to(out_dtype)
+        return F.conv2d(F.leaky_relu(F.conv2d(fused, fuse_w, fuse_b, padding=1), SLOPE), last_w, padding=1)
+
+    return branch, csa, head
+
+
+def _autocast_off(device: torch.device):
+    """The prepared path computes in its own dtype: an enclosing autocast context is switched off."""
+    if torch.is_autocast_enabled(device.type):
+        return torch.autocast(device.type, enabled=False)
+    return contextlib.nullcontext()
+
+
+def forward(model, lr_hsi: torch.Tensor, hr_msi: torch.Tensor, return_features: bool = False, attention=None):
+    """`DTSNet.forward` on prepared weights, in `model.inference_dtype` (interpolations in the inputs' dtype);
+    returns the output (and the fused features) in the inputs' dtype."""
+    from ..models.network import dts_forward
+
+    with _autocast_off(lr_hsi.device):
+        hr_hsi, fused = dts_forward(lr_hsi, hr_msi, *_parts(model, lr_hsi.device, attention))
+    hr_hsi = hr_hsi.to(lr_hsi.dtype)
     if not return_features:
         return hr_hsi
-    return hr_hsi, fused[:, :cfg.nf].to(out_dtype)
+    return hr_hsi, fused[:, :model.config.nf].to(lr_hsi.dtype)
+
+
+def query_key_features(model, lr_hsi: torch.Tensor, hr_msi: torch.Tensor):
+    """`DTSNet.query_key_features` on prepared weights (nf channels, the prepared dtype)."""
+    from ..models.network import query_key_features as wiring
+
+    with _autocast_off(lr_hsi.device):
+        x1, x2 = wiring(lr_hsi, hr_msi, _parts(model, lr_hsi.device)[0])
+    nf = model.config.nf
+    return x1[:, :nf], x2[:, :nf]

@@ -67,13 +67,15 @@ class CLRA(nn.Module):
 
     def __init__(self, nf: int = 86, gc: int = 43, groups: int = 1):
         super().__init__()
+        self.groups = groups
         self.blocks = nn.ModuleList(CLRB(nf, gc, groups) for _ in range(3))
 
+    def params(self) -> list[tuple[list[torch.Tensor], list[torch.Tensor]]]:
+        """The (weights, biases) of each block, as `clra_reference` and the fast CLRA ops take them."""
+        return [([c.weight for c in block.convs()], [c.bias for c in block.convs()]) for block in self.blocks]
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        y = x
-        for block in self.blocks:
-            y = block(y)
-        return x + RES_SCALE * y
+        return clra_reference(x, self.params(), self.groups)
 
 
 class Stem(nn.Module):

@@ -1,21 +1,34 @@
 """Multiply-accumulate counter: every conv weight MAC (3x3 and 1x1, CSA projections included), not the
-attention products nor interpolation (the convention of SPEC §2 and the paper's tables)."""
+attention products nor interpolation (the convention of the paper's tables)."""
 from __future__ import annotations
 
 import copy
 
 import torch
 from torch import nn
+from torch.utils._python_dispatch import TorchDispatchMode
 
-from .blocks import CLRB
-from .csa import CSAFusion
+
+class _ConvMacs(TorchDispatchMode):
+    """Sums weight.numel() x output pixels over every convolution: each weight acts once per output pixel
+    (a grouped weight's numel already counts only its group's inputs)."""
+
+    def __init__(self):
+        super().__init__()
+        self.total = 0
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        out = func(*args, **(kwargs or {}))
+        if func is torch.ops.aten.convolution.default:
+            self.total += args[1].numel() * out.shape[0] * out.shape[-2] * out.shape[-1]
+        return out
 
 
 def count_macs(model: nn.Module, lr_shape, hr_shape) -> int:
     """MACs of one forward pass. Shapes are (C, h, w) or (B, C, h, w); the count covers the whole batch.
 
-    Runs the model on the meta device (no arithmetic, no memory) with the reference backend and sums
-    weight.numel() x output pixels over every Conv2d call.
+    Runs the model on the meta device (no arithmetic, no memory) on the reference backend's module path and
+    counts the convolutions it dispatches.
     """
     lr_shape, hr_shape = tuple(lr_shape), tuple(hr_shape)
     if len(lr_shape) == 3:
@@ -28,30 +41,14 @@ def count_macs(model: nn.Module, lr_shape, hr_shape) -> int:
     if hasattr(meta, "backend"):
         meta.backend = "reference"
     if hasattr(meta, "inference_dtype"):
-        meta.inference_dtype = None  # the module path, whose Conv2d calls the hooks see
-    total = 0
-
-    def hook(module, _inputs, output):
-        nonlocal total
-        total += module.weight.numel() * output.shape[0] * output.shape[-2] * output.shape[-1]
-
-    def functional_hook(module, _inputs, output):
-        # CLRB and CSA run their convs through one functional reference (shared with the kernels' tests),
-        # so the Conv2d hooks never fire for them; every one of their weights acts once per output pixel.
-        nonlocal total
-        per_pixel = sum(m.weight.numel() for m in module.modules() if isinstance(m, nn.Conv2d))
-        total += per_pixel * output.shape[0] * output.shape[-2] * output.shape[-1]
-
-    handles = []
-    for m in meta.modules():
-        if isinstance(m, (CLRB, CSAFusion)):
-            handles.append(m.register_forward_hook(functional_hook))
-        elif isinstance(m, nn.Conv2d):
-            handles.append(m.register_forward_hook(hook))
-    try:
-        with torch.no_grad():
-            meta(torch.empty(lr_shape, device="meta"), torch.empty(hr_shape, device="meta"))
-    finally:
-        for h in handles:
-            h.remove()
-    return total
+        meta.inference_dtype = None  # the module path: the prepared one pads channels
+    counter = _ConvMacs()
+    with torch.no_grad(), counter:
+        meta(torch.empty(lr_shape, device="meta"), torch.empty(hr_shape, device="meta"))
+    csa = getattr(meta, "csa", None)
+    if getattr(csa, "mode", None) == "reference":
+        # The released code computes q and k in this mode although they never reach the output; the paper's
+        # tables count them, csakd skips them.
+        total_pixels = hr_shape[0] * hr_shape[2] * hr_shape[3]
+        counter.total += (csa.query_conv.weight.numel() + csa.key_conv.weight.numel()) * total_pixels
+    return counter.total

@@ -1,5 +1,12 @@
-"""The Dual Two-Streamed (DTS) network: four branches of CLRAs, CSA fusion and the head (SPEC §2)."""
+"""The Dual Two-Streamed (DTS) network: four branches of CLRAs, CSA fusion and the head (docs/architecture.md).
+
+`dts_forward` is the network's wiring, written once: which input feeds which branch at which resolution, the
+interpolations, the CSA inputs and the head. It takes the parts as functions, so the module path (parameters
+through the chosen backend) and the prepared inference path (`csakd.inference.prepared`) run the same wiring.
+"""
 from __future__ import annotations
+
+from typing import Callable
 
 import torch
 import torch.nn.functional as F
@@ -9,7 +16,29 @@ from .._validate import check_fusion_inputs
 from ..inference import prepared as inference
 from .blocks import CLRA, SLOPE, Stem
 from .config import ModelConfig, preset_config
-from .csa import CSAFusion
+from .csa import CSAFusion, check_attention
+
+BranchFn = Callable[[str, torch.Tensor], torch.Tensor]
+
+
+def query_key_features(lr_hsi: torch.Tensor, hr_msi: torch.Tensor, branch: BranchFn):
+    """x1 = up(Z_h), the CSA's query source, and x2 = Z_m, its key source, at HR."""
+    x1 = F.interpolate(branch("h", lr_hsi), size=hr_msi.shape[-2:], mode="nearest")
+    x2 = branch("m", hr_msi)
+    return x1, x2
+
+
+def dts_forward(lr_hsi: torch.Tensor, hr_msi: torch.Tensor, branch: BranchFn, csa, head):
+    """(hr_hsi, fused) of the DTS network; branch(name, x) runs branch "hm", "mh", "h" or "m" on x,
+    csa(x1, x2, x3, x4) fuses, head(fused) reconstructs."""
+    hr_size = hr_msi.shape[-2:]
+    up_lr = F.interpolate(lr_hsi, size=hr_size, mode="bilinear", align_corners=False)
+    down_msi = F.interpolate(hr_msi, size=lr_hsi.shape[-2:], mode="bicubic", align_corners=False)
+    x1, x2 = query_key_features(lr_hsi, hr_msi, branch)
+    x3 = F.interpolate(branch("mh", torch.cat([lr_hsi, down_msi], dim=1)), size=hr_size, mode="nearest")
+    x4 = branch("hm", torch.cat([up_lr, hr_msi], dim=1))
+    fused = csa(x1, x2, x3, x4)
+    return head(fused), fused
 
 
 class Branch(nn.Module):
@@ -20,10 +49,11 @@ class Branch(nn.Module):
         self.stem = Stem(cin, nf)
         self.clras = nn.ModuleList(CLRA(nf, gc, groups) for _ in range(depth))
 
-    def forward(self, x: torch.Tensor, run_clra) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, clra=None) -> torch.Tensor:
+        """`clra(x, clrb_params, groups)` runs each CLRA (default: the modules themselves)."""
         x = self.stem(x)
-        for clra in self.clras:
-            x = run_clra(clra, x)
+        for block in self.clras:
+            x = block(x) if clra is None else clra(x, block.params(), block.groups)
         return x
 
 
@@ -38,6 +68,9 @@ class DTSNet(nn.Module):
     inputs to `dtype`, runs the network on weights prepared once for that dtype (see `prepare`) through the
     chosen backend, and returns the output (and features) in the inputs' dtype. Training mode, or any forward
     with gradients on, runs the module path on the parameters in the inputs' dtype, as without `dtype`.
+
+    `attention` (mode "attention" only; (1 or B, heads, d, d)) replaces the attention computed from the
+    inputs: tiled fusion passes the attention of the whole scene (see `csakd.inference.tiled`).
     """
 
     def __init__(self, config: ModelConfig, backend: str | None = None, dtype=None):
@@ -59,28 +92,48 @@ class DTSNet(nn.Module):
         self.fuse = nn.Conv2d(nf, c, 3, padding=1)
         self.last = nn.Conv2d(c, c, 3, padding=1, bias=False)
 
-    def forward(self, lr_hsi: torch.Tensor, hr_msi: torch.Tensor, return_features: bool = False):
+    def head(self, fused: torch.Tensor) -> torch.Tensor:
+        """conv(nf -> C) + LReLU, then conv(C -> C) without bias."""
+        return self.last(F.leaky_relu(self.fuse(fused), SLOPE))
+
+    def _check(self, lr_hsi, hr_msi, attention) -> None:
         cfg = self.config
         check_fusion_inputs(lr_hsi, hr_msi, cfg.bands, cfg.msi_bands, cfg.scale)
-        if self._inference_dtype is not None and not self.training and not torch.is_grad_enabled():
-            return inference.forward(self, lr_hsi, hr_msi, return_features)
+        check_attention(attention, cfg.csa, lr_hsi.shape[0], cfg.heads, cfg.attn_dim // cfg.heads)
+
+    def _uses_prepared(self) -> bool:
+        return self._inference_dtype is not None and not self.training and not torch.is_grad_enabled()
+
+    def _module_parts(self, example: torch.Tensor, attention=None):
+        """(branch, csa, head) on the parameters, through the backend chosen for `example`."""
         from .. import ops  # late import: ops imports the models for its reference path
 
-        impl = ops.resolve(self.backend, lr_hsi)
-        hr_size = hr_msi.shape[-2:]
-        up_lr = F.interpolate(lr_hsi, size=hr_size, mode="bilinear", align_corners=False)
-        down_msi = F.interpolate(hr_msi, size=lr_hsi.shape[-2:], mode="bicubic", align_corners=False)
+        impl = ops.resolve(self.backend, example, self.config)
+        csa = self.csa
 
-        x4 = self.branches["hm"](torch.cat([up_lr, hr_msi], dim=1), impl.clra)
-        x3 = self.branches["mh"](torch.cat([lr_hsi, down_msi], dim=1), impl.clra)
-        x1 = self.branches["h"](lr_hsi, impl.clra)
-        x2 = self.branches["m"](hr_msi, impl.clra)
-        x3 = F.interpolate(x3, size=hr_size, mode="nearest")
-        x1 = F.interpolate(x1, size=hr_size, mode="nearest")
+        def branch(name, x):
+            return self.branches[name](x, impl.clra)
 
-        fused = impl.csa(self.csa, x1, x2, x3, x4)
-        hr_hsi = self.last(F.leaky_relu(self.fuse(fused), SLOPE))
+        def fuse(x1, x2, x3, x4):
+            return impl.csa(x1, x2, x3, x4, csa.params(), csa.mode, csa.heads, attention)
+
+        return branch, fuse, self.head
+
+    def forward(self, lr_hsi: torch.Tensor, hr_msi: torch.Tensor, return_features: bool = False,
+                attention: torch.Tensor | None = None):
+        self._check(lr_hsi, hr_msi, attention)
+        if self._uses_prepared():
+            return inference.forward(self, lr_hsi, hr_msi, return_features, attention)
+        hr_hsi, fused = dts_forward(lr_hsi, hr_msi, *self._module_parts(lr_hsi, attention))
         return (hr_hsi, fused) if return_features else hr_hsi
+
+    def query_key_features(self, lr_hsi: torch.Tensor, hr_msi: torch.Tensor):
+        """(x1, x2): the CSA's query and key sources (B, nf, s*h, s*w) for these inputs, on the same path as the
+        forward; tiled fusion gathers the scene's attention statistics from them."""
+        self._check(lr_hsi, hr_msi, None)
+        if self._uses_prepared():
+            return inference.query_key_features(self, lr_hsi, hr_msi)
+        return query_key_features(lr_hsi, hr_msi, self._module_parts(lr_hsi)[0])
 
     # ---- prepared inference path ------------------------------------------------------------------------------
 

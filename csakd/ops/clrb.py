@@ -104,14 +104,9 @@ def clra(x: torch.Tensor, clrb_params: Sequence[tuple[Sequence[torch.Tensor], Se
     return x + RES_SCALE * y
 
 
-def clrb_params(module: CLRA) -> list[tuple[list[torch.Tensor], list[torch.Tensor]]]:
-    """The (weights, biases) pairs of a CLRA module's blocks, in the order `clra` takes them."""
-    return [([c.weight for c in block.convs()], [c.bias for c in block.convs()]) for block in module.blocks]
-
-
 def clra_module(module: CLRA, x: torch.Tensor, impl: str | None = None) -> torch.Tensor:
-    """`module(x)` computed by the extension (the signature of a backend's `clra` callable)."""
-    return clra(x, clrb_params(module), module.blocks[0].groups, impl)
+    """`module(x)` computed by the extension."""
+    return clra(x, module.params(), module.groups, impl)
 
 
 def _register() -> None:
@@ -144,4 +139,4 @@ def _register() -> None:
 if LOAD_ERROR is None:
     _register()
 
-__all__ = ["IMPLS", "LOAD_ERROR", "clra", "clra_module", "clrb", "clrb_params", "is_available", "resolve_impl"]
+__all__ = ["IMPLS", "LOAD_ERROR", "clra", "clra_module", "clrb", "is_available", "resolve_impl"]

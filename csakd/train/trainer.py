@@ -35,11 +35,12 @@ class NonFiniteLoss(RuntimeError):
 
 
 def amp_dtype(precision: str, device: torch.device) -> torch.dtype | None:
-    """The autocast dtype, None for fp32. "auto" is bf16 on a GPU that supports it, fp32 on CPU."""
+    """The autocast dtype of training, None for fp32. "auto" is bf16 on a GPU that supports it (else fp16), fp32
+    on a CPU; bf16 autocast also runs on CPUs (fast where they have native bf16)."""
     if device.type != "cuda":
-        if precision in ("bf16", "fp16"):
-            raise ValueError(f"precision: expected 'fp32' or 'auto' on CPU, got {precision!r}")
-        return None
+        if precision == "fp16":
+            raise ValueError("precision: expected 'fp32', 'bf16' or 'auto' on a CPU, got 'fp16'")
+        return torch.bfloat16 if precision == "bf16" else None
     if precision == "auto":
         return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
     return {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}[precision]
@@ -89,7 +90,6 @@ class Trainer:
             raise ValueError(f"batch_size: expected a multiple of the {self.ctx.world_size} processes, "
                              f"got {config.batch_size}")
         self.local_batch = config.batch_size // self.ctx.world_size
-        self.impl = ops.resolve(config.backend, torch.empty(0, device=self.device))
         self.weights = config.loss_weights()
         self.run_dir = Path(run_dir) if run_dir is not None else None
         self.log = RunLog(self.run_dir, enabled=self.ctx.is_main, tensorboard=config.tensorboard)
@@ -102,6 +102,10 @@ class Trainer:
         self.frozen_teacher = load_frozen_teacher(config).to(self.device) if config.mode == "offline" else None
         for model in self.models.values():
             model.to(self.device)
+        # The objectives see the networks' outputs: the autocast dtype, at the networks' widths.
+        network = next(iter(self.models.values()))
+        self.impl = ops.resolve(config.backend, torch.empty(0, device=self.device, dtype=self.amp or torch.float32),
+                                network.config)
         self.optimizers = {name: torch.optim.AdamW(m.parameters(), lr=getattr(config, f"lr_{name}"),
                                                    weight_decay=config.weight_decay)
                            for name, m in self.models.items()}
@@ -228,24 +232,23 @@ class Trainer:
                 self.models["teacher"].train()
                 with self._autocast():
                     pred, fused = self.parallel["teacher"](t_lr, t_msi, return_features=True)
-                terms = self.impl.teacher_objective(pred.float(), hr, self.weights)
+                terms = self.impl.teacher_objective(pred, hr, self.weights)
                 self._check_finite("teacher", terms["total"], batch)
                 self._update("teacher", terms["total"])
                 losses["teacher"] = terms["total"].detach()
             else:
                 with torch.no_grad(), self._autocast():
                     pred, fused = self.frozen_teacher(t_lr, t_msi, return_features=True)
-            teacher_out = (pred.detach().float(), fused.detach().float())
+            teacher_out = (pred.detach(), fused.detach())
         if "student" in self.models:
             s_lr, s_msi = self._noisy(lr, msi, "student")
             self.models["student"].train()
             with self._autocast():
                 pred, fused = self.parallel["student"](s_lr, s_msi, return_features=True)
             if self.config.distils:
-                terms = self.impl.student_objective(pred.float(), hr, teacher_out[0], fused.float(),
-                                                    teacher_out[1], self.weights)
+                terms = self.impl.student_objective(pred, hr, teacher_out[0], fused, teacher_out[1], self.weights)
             else:
-                terms = self.impl.teacher_objective(pred.float(), hr, self.weights)
+                terms = self.impl.teacher_objective(pred, hr, self.weights)
             self._check_finite("student", terms["total"], batch)
             self._update("student", terms["total"])
             losses["student"] = terms["total"].detach()
@@ -259,7 +262,8 @@ class Trainer:
         if self.val_set is None:
             return row
         for name, model in self.models.items():
-            summary = evaluate_dataset(model, self.val_set, self.device, amp=self.amp)["mean"]
+            # fp32 whatever the training precision: these are the figures compared with the paper's
+            summary = evaluate_dataset(model, self.val_set, self.device)["mean"]
             row.update({f"val_{name}_{k}": v for k, v in summary.items()})
         return row
 

@@ -10,7 +10,8 @@ from train_helpers import run_python
 
 import csakd
 from csakd.models import attention_weights
-from csakd.inference.tiled import SceneAttention, fuse_scene, tile_starts
+from csakd.inference.tiled import fuse_scene, tile_starts
+from csakd.ops.csa_algebra import AttentionStats, attention_from_stats
 
 
 NARROW = dict(nf=16, gc=8, attn_dim=16, h_groups=4)  # student_tiny's depth at half its width: cheap tests
@@ -59,12 +60,13 @@ def test_accumulated_statistics_give_the_whole_image_attention():
     torch.manual_seed(3)
     model = _model()
     x1, x2 = torch.randn(1, 16, 12, 10), torch.randn(1, 16, 12, 10) + 0.5
-    stats = SceneAttention(16, "cpu")
+    stats = None
     for rows in (slice(0, 5), slice(5, 12)):  # any partition of the pixels
-        stats.add(x1[0, :, rows], x2[0, :, rows])
-    expected = attention_weights(x1.double(), x2.double(), {k: v.double() for k, v in model.csa.params().items()},
-                                 model.csa.heads)[0]
-    torch.testing.assert_close(stats.weights(model.csa.params(), model.csa.heads), expected, rtol=1e-10, atol=1e-12)
+        part = AttentionStats.of(x1[:, :, rows], x2[:, :, rows], torch.float64)
+        stats = part if stats is None else stats + part
+    params = {k: v.double() for k, v in model.csa.params().items()}
+    expected = attention_weights(x1.double(), x2.double(), params, model.csa.heads)
+    torch.testing.assert_close(attention_from_stats(stats, params, model.csa.heads), expected, rtol=1e-10, atol=1e-12)
 
 
 @pytest.mark.parametrize("csa", ["attention", "reference", "sum"])

@@ -101,6 +101,11 @@ def run(args) -> int:
     dtype = inference_dtype(args.precision, device, auto="fp32")
     dataset = dataset_for(args, models)
     check_compatible(models, dataset)
+    rules = {model.config.normalisation for model in models.values()}
+    if len(rules) > 1:
+        raise ValueError(f"checkpoint: the networks were trained with different value scalings {sorted(rules)}; "
+                         f"evaluate them one at a time with --network")
+    dataset.set_normalisation(rules.pop())  # the scaling the networks were trained with
     for model in models.values():
         set_precision(model.to(device), dtype)
     methods = dict(models)

@@ -1,77 +1,152 @@
-"""`csakd fuse`: fuse an LR-HSI file and an HR-MSI file of any size with a trained network, in tiles."""
+"""`csakd fuse`: fuse a user's LR-HSI and HR-MSI of any size with a trained network, in tiles, streaming from and
+to georeferenced files."""
 from __future__ import annotations
 
 import time
 from pathlib import Path
 
-import numpy as np
-
-OUTPUT_SUFFIXES = (".npy", ".tif", ".tiff")
+from ._common import check_output_path
 
 
-def _read(path: str, name: str) -> np.ndarray:
-    from ..data import read_cube
+def _srf_for(checkpoint, lr) -> "object | None":
+    """The spectral response the network was trained with (from the run's degradation spec) on the LR-HSI's
+    bands, when both are known; else None."""
+    import json
 
-    if not Path(path).exists():
-        raise FileNotFoundError(f"{name}: no such file {path!r}")
-    return np.asarray(read_cube(path).data)
+    if lr.wavelengths is None:
+        return None
+    path = Path(checkpoint)
+    for folder in (path, *path.parents[:3]):
+        spec_file = folder / "degradation.json"
+        if spec_file.is_file():
+            from ..data import DegradationSpec
+
+            try:
+                return DegradationSpec.from_dict(json.loads(spec_file.read_text())).response(lr.wavelengths, lr.fwhm)
+            except ValueError:
+                return None
+    return None
 
 
-def fuse_files(checkpoint, lr_path, msi_path, out_path, network: str = "student", tile: int = 64,
+def fuse_files(checkpoint, lr_path, msi_path, out_path, network: str | None = None, tile: int = 64,
                overlap: int = 8, device: str = "auto", precision: str = "auto", backend: str | None = None,
-               progress: bool = True) -> Path:
-    """Reads both cubes (H x W x bands), scales them with the LR-HSI's min/max as the training data were
-    scaled, fuses in tiles and writes the (s·H) x (s·W) x bands result in the LR-HSI's units."""
-    from ..io import load_model
-    from ..train.checkpoint import resolve_model_file
+               lr_key: str | None = None, msi_key: str | None = None, clip: str = "auto", msi_scale: float = 1.0,
+               resample_msi: bool = False, cog: bool = False, progress: bool = True) -> Path:
+    """Fuses the LR-HSI and HR-MSI files into the HR-HSI at `out_path`, in the LR-HSI's units and grid (see
+    `csakd fuse --help`). Every input is checked before the output exists; a failure leaves no output."""
     from ..inference.precision import inference_dtype, set_precision
+    from ..inference.scene import (Product, RasterInput, Scaled, clip_policy, hr_transform, open_input,
+                                   output_format, same_file, value_range)
     from ..inference.tiled import check_fuse_inputs, fuse_scene
+    from ..io import load_model
+    from ..normalisation import Normalisation
+    from ..train.checkpoint import resolve_model_file
     from ..train.distributed import pick_device
 
     out_path = Path(out_path)
-    if out_path.suffix.lower() not in OUTPUT_SUFFIXES:
-        raise ValueError(f"out: expected a file ending in one of {OUTPUT_SUFFIXES}, got {str(out_path)!r}")
-    if not out_path.parent.is_dir():
-        raise FileNotFoundError(f"out: the folder {str(out_path.parent)!r} does not exist")
-    model = load_model(resolve_model_file(checkpoint, network), backend=backend)
-    torch_device = pick_device(device)
-    dtype = inference_dtype(precision, torch_device, auto="gpu-bf16")
-    lr, msi = _read(lr_path, "lr_hsi"), _read(msi_path, "hr_msi")
-    lo, hi = float(lr.min()), float(lr.max())
-    if not hi > lo:
-        raise ValueError(f"lr_hsi: expected more than one value in {lr_path!r}, got constant {lo}")
-    # Channels-first float32 copies of the inputs (the output is s² C/M times larger than either).
-    lr_chw = ((lr.transpose(2, 0, 1).astype(np.float32) - lo) / (hi - lo))
-    msi_chw = ((msi.transpose(2, 0, 1).astype(np.float32) - lo) / (hi - lo))
-    # Checked before the output file exists: a refused input must not leave a zero-filled file behind.
-    s = check_fuse_inputs(model, lr_chw, msi_chw, tile, overlap)
-    shape = (lr.shape[0] * s, lr.shape[1] * s, lr.shape[2])
+    fmt = output_format(out_path, cog)
+    for name, given in (("lr_hsi", lr_path), ("hr_msi", msi_path)):
+        if Path(given).exists() and same_file(out_path, Path(given)):
+            raise ValueError(f"out: expected a new file, got the input --{name.replace('_', '-')} {str(given)!r}")
+    if msi_scale <= 0:
+        raise ValueError(f"msi_scale: expected a positive factor, got {msi_scale}")
+    if Path(checkpoint).is_file() and network is not None:
+        raise ValueError(f"network: {str(checkpoint)!r} holds one network; --network chooses within a run or "
+                         f"checkpoint folder")
+    model = load_model(resolve_model_file(checkpoint, network or "student"), backend=backend)
+    cfg, s = model.config, model.config.scale
+    lr = open_input(lr_path, lr_key, "lr_hsi")
+    msi = open_input(msi_path, msi_key, "hr_msi")
     try:
-        if out_path.suffix.lower() == ".npy":
-            out = np.lib.format.open_memmap(out_path, mode="w+", dtype=np.float32, shape=shape)
-        else:
-            out = np.empty(shape, dtype=np.float32)
-        fuse_scene(set_precision(model.to(torch_device), dtype), lr_chw, msi_chw, tile=tile, overlap=overlap,
-                   device=torch_device, out=out.transpose(2, 0, 1), progress=progress)
-        for y in range(0, shape[0], tile * s):  # back to the input's units, in strips
-            out[y:y + tile * s] = out[y:y + tile * s] * (hi - lo) + lo
-        if isinstance(out, np.memmap):
-            out.flush()
-        else:
-            import tifffile
+        rasters = isinstance(lr, RasterInput) and isinstance(msi, RasterInput)
+        if resample_msi and not (rasters and lr.georeferenced and msi.georeferenced):
+            raise ValueError("resample_msi: expected a georeferenced LR-HSI and HR-MSI (GeoTIFF/COG or ENVI with a "
+                             "CRS and transform)")
+        if (lr.georeferenced or msi.georeferenced) and not rasters:
+            raise ValueError(f"hr_msi: expected georeferenced inputs of the same kind, got "
+                             f"{'a georeferenced' if lr.georeferenced else 'a plain'} LR-HSI and "
+                             f"{'a georeferenced' if msi.georeferenced else 'a plain'} HR-MSI")
+        if rasters:
+            from ..data.geo import aligned_msi, check_alignment
 
-            tifffile.imwrite(out_path, out)
-    except BaseException:  # an error or Ctrl-C half-way: no partial result that looks like a finished one
-        out = None
-        out_path.unlink(missing_ok=True)
-        raise
+            if resample_msi:
+                msi.raster = aligned_msi(msi.raster, lr.raster, s)
+                msi.shape, msi.transform = msi.raster.shape, msi.raster.transform
+            else:
+                try:
+                    check_alignment(lr.raster, msi.raster, s)
+                except ValueError as exc:
+                    raise ValueError(f"{exc}; pass --resample-msi to resample the HR-MSI onto the LR-HSI's grid") \
+                        from None
+        lo_data, hi_data = value_range(lr)
+        lo, hi = Normalisation.parse(cfg.normalisation).range_of((lo_data, hi_data))
+        lr_in, msi_in = Scaled(lr, lo, hi), Scaled(msi, lo, hi, msi_scale)
+        check_fuse_inputs(model, lr_in, msi_in, tile, overlap)
+        _check_units(lr, msi, msi_scale, s, _srf_for(checkpoint, lr))
+        torch_device = pick_device(device)
+        set_precision(model.to(torch_device), inference_dtype(precision, torch_device, auto="gpu-bf16"))
+        check_output_path(out_path, "out")
+        shape = (cfg.bands, lr.shape[1] * s, lr.shape[2] * s)
+        product = dict(lo=lo, hi=hi, clip=clip_policy(clip, lo_data), lr=lr, msi=msi, scale=s)
+        if fmt == "npy":
+            _fuse_to_npy(out_path, shape, product, model, lr_in, msi_in, tile, overlap, torch_device, progress)
+        else:
+            from ..data.geo import RasterWriter
+
+            with RasterWriter(out_path, *shape, crs=lr.crs or msi.crs, transform=hr_transform(lr, msi, s),
+                              nodata=float("nan"), wavelengths=lr.wavelengths, fwhm=lr.fwhm, format=fmt,
+                              name="out") as writer:
+                fuse_scene(model, lr_in, msi_in, tile=tile, overlap=overlap, device=torch_device,
+                           out=Product(writer, **product), progress=progress)
+    finally:
+        lr.close()
+        msi.close()
     return out_path
+
+
+def _check_units(lr, msi, msi_scale: float, scale: int, srf) -> None:
+    """The units check on a central window of at most 64 x 64 LR pixels."""
+    import numpy as np
+
+    from ..normalisation import check_units
+
+    _, h, w = lr.shape
+    side_h, side_w = min(h, 64), min(w, 64)
+    top, left = (h - side_h) // 2, (w - side_w) // 2
+    lr_block = lr.read((top, left, side_h, side_w))
+    msi_block = msi.read((top * scale, left * scale, side_h * scale, side_w * scale)) * msi_scale
+    keep = np.isfinite(lr_block).all(0)
+    if keep.any():
+        check_units(np.nan_to_num(lr_block), np.nan_to_num(msi_block), scale, srf)
+
+
+def _fuse_to_npy(out_path, shape, product, model, lr_in, msi_in, tile, overlap, device, progress) -> None:
+    """An .npy output written through a memory map in the (H, W, bands) layout of the inputs' files; removed if
+    fusion fails."""
+    import numpy as np
+
+    from ..inference.scene import Product
+    from ..inference.tiled import fuse_scene
+
+    c, hh, ww = shape
+    tmp = out_path.with_name(f".{out_path.name}.partial")
+    try:
+        out = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.float32, shape=(hh, ww, c))
+        fuse_scene(model, lr_in, msi_in, tile=tile, overlap=overlap, device=device,
+                   out=Product(out.transpose(2, 0, 1), **product), progress=progress)
+        out.flush()
+        del out
+        tmp.replace(out_path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
 
 
 def run(args) -> int:
     t0 = time.perf_counter()
     path = fuse_files(args.checkpoint, args.lr_hsi, args.hr_msi, args.out, args.network, args.tile, args.overlap,
-                      args.device, args.precision, args.backend, progress=not args.no_progress)
+                      args.device, args.precision, args.backend, args.lr_key, args.msi_key, args.clip,
+                      args.msi_scale, args.resample_msi, args.cog, progress=not args.no_progress)
     print(f"wrote {path} in {time.perf_counter() - t0:.1f} s")
     return 0
 
@@ -79,21 +154,39 @@ def run(args) -> int:
 def register(subparsers) -> None:
     parser = subparsers.add_parser(
         "fuse", help="fuse an LR-HSI and an HR-MSI file of any size with a trained network",
-        description="Fuse an LR-HSI and an HR-MSI (files of height x width x bands: .npy, .npz, .mat, ENVI, "
-                    "TIFF) into an HR-HSI with a trained network, in overlapping tiles blended together so that "
-                    "memory stays bounded by the tile size. In CSA 'attention' mode the attention statistics are "
-                    "gathered over the whole scene first, so tiling changes the result only at conv borders.")
+        description="Fuse an LR-HSI and an HR-MSI into an HR-HSI with a trained network, in overlapping tiles so "
+                    "that memory stays bounded by the tile size. GeoTIFF/COG and ENVI inputs are read and the "
+                    "output written by windows, with the LR-HSI's CRS, the HR grid's transform and the band "
+                    "wavelengths; the two grids must align (HR pixel = LR pixel / scale, same origin) or "
+                    "--resample-msi resamples the HR-MSI onto the aligned grid. Inputs are scaled as the network "
+                    "was trained (docs/data.md, 'Value scaling'), the output is in the LR-HSI's units. In CSA "
+                    "'attention' mode the attention statistics are gathered over the whole scene first, so tiling "
+                    "changes the result only at convolution borders (docs/csa.md).")
     parser.add_argument("--checkpoint", required=True,
                         help="a .safetensors model file, a checkpoint folder (last/best) or a run folder")
-    parser.add_argument("--network", choices=("student", "teacher"), default="student",
-                        help="which network of a run/checkpoint folder to use (default student)")
-    parser.add_argument("--lr-hsi", required=True, help="low-resolution hyperspectral cube file")
-    parser.add_argument("--hr-msi", required=True, help="high-resolution multispectral cube file (scale x larger)")
+    parser.add_argument("--network", choices=("student", "teacher"), default=None,
+                        help="which network of a run or checkpoint folder to use (default student)")
+    parser.add_argument("--lr-hsi", required=True,
+                        help="low-resolution hyperspectral cube: GeoTIFF/COG, ENVI (.hdr or data file), or "
+                             ".npy/.npz/.mat/.h5 (height x width x bands)")
+    parser.add_argument("--lr-key", default=None, help="array to read from an --lr-hsi file holding several")
+    parser.add_argument("--hr-msi", required=True, help="high-resolution multispectral image (scale x finer)")
+    parser.add_argument("--msi-key", default=None, help="array to read from an --hr-msi file holding several")
     parser.add_argument("--out", required=True,
-                        help="output file: .npy (written through a memory map) or .tif/.tiff; H x W x bands")
+                        help="output file: .tif/.tiff (band-interleaved GeoTIFF), .img (ENVI, with its .hdr beside) or .npy "
+                             "(height x width x bands); missing folders are created; refused if it names an input")
+    parser.add_argument("--cog", action="store_true", help="write a cloud-optimised GeoTIFF (with a .tif --out)")
+    parser.add_argument("--clip", choices=("auto", "none", "nonnegative"), default="auto",
+                        help="output clipping: nonnegative clips below 0, none keeps every value (default auto: "
+                             "nonnegative when the LR-HSI has no negative values, else none)")
+    parser.add_argument("--msi-scale", type=float, default=1.0,
+                        help="multiply the HR-MSI by this factor first, to bring it to the LR-HSI's units "
+                             "(e.g. 0.0001 for reflectance x 10000 against reflectance); the units are checked")
+    parser.add_argument("--resample-msi", action="store_true",
+                        help="resample a georeferenced HR-MSI onto the grid aligned with the LR-HSI (bilinear)")
     parser.add_argument("--tile", type=int, default=64, help="tile side in LR-HSI pixels (default 64)")
     parser.add_argument("--overlap", type=int, default=8,
-                        help="overlap of neighbouring tiles in LR-HSI pixels, blended linearly (default 8)")
+                        help="overlap of neighbouring tiles in LR-HSI pixels (default 8)")
     parser.add_argument("--device", default="auto", help="cpu, cuda, cuda:N or auto (default auto)")
     parser.add_argument("--precision", choices=("auto", "fp32", "bf16", "fp16"), default="auto",
                         help="inference precision: fp32, or bf16/fp16 on the prepared inference path (default auto: "

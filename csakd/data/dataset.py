@@ -1,14 +1,15 @@
 """Fusion datasets: items {"lr_hsi" (C, h, w), "hr_msi" (M, H, W), "hr_hsi" (C, H, W), "min", "max", "name"}.
 
-Every image is scaled by its own ground truth's min and max to [0, 1] (SPEC §1), the MSI and LR-HSI by the
-same numbers; "min"/"max" undo it (`x * (max - min) + min`). Sources:
+The three images of an item are scaled by the dataset's `Normalisation` (default: the LR-HSI's own min and max,
+see `csakd.normalisation`, the same rule evaluation and fusion apply); "min"/"max" undo it
+(`x * (max - min) + min`). Sources:
 - `FusionDataset.from_folder`: a dataset written by `csakd synth`, or any folder of paired .npz files
   (keys hr_hsi, lr_hsi, hr_msi, each (H, W, bands) in the data's units);
 - `FusionDataset.from_pairs`: the user's own (LR-HSI, HR-MSI, HR-HSI) files in any format `read_cube` reads;
 - `cube_datasets`: scenes (files, a folder, arrays) tiled and degraded with a DegradationSpec;
 - `generated_datasets`: N synthetic scenes, degraded with a spec, split train/test.
-Degradation of a scene tile happens on the normalised ground truth (so an SNR refers to it, as in the
-reference pipeline), on access or once if cached; noise is seeded by (spec.noise_seed, tile name).
+Degradation of a scene tile happens on the ground truth scaled to [0, 1] by its own min/max (so an SNR refers to
+it, as in the reference pipeline), on access or once if cached; noise is seeded by (spec.noise_seed, tile name).
 """
 from __future__ import annotations
 
@@ -24,6 +25,7 @@ from torch.utils.data import Dataset
 
 from .degradation import DegradationSpec, degrade
 from .generator import default_wavelengths, generate_scene
+from ..normalisation import Normalisation
 from .readers import read_cube
 from .scenes import cube_files, prepare_scene
 from .store import MANIFEST, read_pair
@@ -42,11 +44,13 @@ def _seed(*parts) -> int:
     return int(np.random.SeedSequence(mixed).generate_state(1, np.uint64)[0] >> np.uint64(1))
 
 
-def _range(hr: torch.Tensor, normalise: bool) -> tuple[float, float]:
-    if not normalise:
-        return 0.0, 1.0
-    lo, hi = float(hr.min()), float(hr.max())
-    return (lo, hi) if hi > lo else (lo, lo + 1.0)  # a constant image: shift only
+def _scaled(lr, msi, hr, normalisation: Normalisation | None) -> dict:
+    """The item: the three images scaled by the rule (None: left in the data's units)."""
+    if normalisation is None:
+        return {"lr_hsi": lr, "hr_msi": msi, "hr_hsi": hr, "min": 0.0, "max": 1.0}
+    lo, hi = normalisation.range_of(lr)
+    return {"lr_hsi": Normalisation.apply(lr, lo, hi), "hr_msi": Normalisation.apply(msi, lo, hi),
+            "hr_hsi": Normalisation.apply(hr, lo, hi), "min": lo, "max": hi}
 
 
 def check_pair(name: str, hr: torch.Tensor, lr: torch.Tensor, msi: torch.Tensor) -> int:
@@ -89,13 +93,10 @@ class _PairedSample:
     def __init__(self, name: str, load, nbytes: int):
         self.name, self._load, self.nbytes = name, load, nbytes
 
-    def load(self, normalise: bool) -> dict:
+    def load(self, normalisation: Normalisation | None) -> dict:
         hr, lr, msi = self._load()
         check_pair(self.name, hr, lr, msi)
-        lo, hi = _range(hr, normalise)
-        span = hi - lo
-        return {"lr_hsi": (lr - lo) / span, "hr_msi": (msi - lo) / span, "hr_hsi": (hr - lo) / span,
-                "min": lo, "max": hi}
+        return _scaled(lr, msi, hr, normalisation)
 
 
 class _TileSample:
@@ -107,14 +108,14 @@ class _TileSample:
         _, _, h, w = window
         self.nbytes = 4 * (h * w * (bands + srf.shape[0]) + (h // spec.scale) * (w // spec.scale) * bands)
 
-    def load(self, normalise: bool) -> dict:
+    def load(self, normalisation: Normalisation | None) -> dict:
         top, left, h, w = self.window
         hr = _chw(self.scene_data()[top:top + h, left:left + w])
-        lo, hi = _range(hr, normalise)
-        hr = (hr - lo) / (hi - lo)
+        lo, hi = Normalisation().range_of(hr)  # the protocol's [0, 1] scaling for the degradation and its SNR
         gen = torch.Generator().manual_seed(_seed(self.spec.noise_seed, self.name))
-        lr, msi = degrade(hr, self.spec, None, srf=self.srf, generator=gen)
-        return {"lr_hsi": lr, "hr_msi": msi, "hr_hsi": hr, "min": lo, "max": hi}
+        lr, msi = degrade(Normalisation.apply(hr, lo, hi), self.spec, None, srf=self.srf, generator=gen)
+        lr, msi = Normalisation.undo(lr, lo, hi), Normalisation.undo(msi, lo, hi)  # back to the data's units
+        return _scaled(lr, msi, hr, normalisation)
 
 
 def crop_flip_rotate(item: dict, crop: int | None, scale: int, generator: torch.Generator,
@@ -156,14 +157,17 @@ class FusionDataset(Dataset):
     augment: random flips and rot90, identical on the three images.
     Random choices depend only on (seed, epoch, index): call `set_epoch` each epoch for new draws.
     cache: keep loaded items in memory (True/False; None = when they fit in 1 GiB).
+    normalisation: the value scaling of every item (a Normalisation, or its config form; default the LR-HSI's
+    range), False for the data's own units.
     """
 
     def __init__(self, samples, spec: DegradationSpec | None = None, wavelengths=None, crop: int | None = None,
-                 augment: bool = False, seed: int = 0, cache: bool | None = None, normalise: bool = True,
+                 augment: bool = False, seed: int = 0, cache: bool | None = None, normalisation=None,
                  info: dict | None = None):
         self.samples = list(samples)
         self.spec, self.wavelengths = spec, None if wavelengths is None else np.asarray(wavelengths)
-        self.crop, self.augment, self.seed, self.normalise = crop, augment, seed, normalise
+        self.crop, self.augment, self.seed = crop, augment, seed
+        self.normalisation = None if normalisation is False else Normalisation.parse(normalisation)
         self.info = dict(info or {})
         self.epoch = 0
         self.cache = cache if cache is not None else sum(s.nbytes for s in self.samples) <= AUTO_CACHE_BYTES
@@ -179,10 +183,17 @@ class FusionDataset(Dataset):
     def set_epoch(self, epoch: int) -> None:
         self.epoch = int(epoch)
 
+    def set_normalisation(self, normalisation) -> None:
+        """Scale items by another rule from now on (e.g. the one a model was trained with)."""
+        rule = None if normalisation is False else Normalisation.parse(normalisation)
+        if rule != self.normalisation:
+            self.normalisation = rule
+            self._cached.clear()
+
     def _base(self, index: int) -> dict:
         if index in self._cached:
             return self._cached[index]
-        item = self.samples[index].load(self.normalise)
+        item = self.samples[index].load(self.normalisation)
         item["name"] = self.samples[index].name
         if self.cache:
             self._cached[index] = item
@@ -270,7 +281,7 @@ def _split_kwargs(split: str, crop, augment) -> dict:
 def cube_datasets(cubes, spec: DegradationSpec | None = None, channels=None, wavelengths=None, fwhm=None,
                   tile: int = 256, stride: int | None = None, split_by: str = "scene", fractions=None,
                   seed: int = 0, guard: int = 0, bad_bands: str = "error", crop: int | None = None,
-                  augment: bool = False, cache: bool | None = None, normalise: bool = True) -> dict:
+                  augment: bool = False, cache: bool | None = None, normalisation=None) -> dict:
     """{split: FusionDataset} from scenes: a folder, or a list of paths, Cube objects or (H, W, C) arrays.
 
     Each scene goes through `prepare_scene` (channel selection, wavelengths, bad bands), is tiled by
@@ -307,7 +318,7 @@ def cube_datasets(cubes, spec: DegradationSpec | None = None, channels=None, wav
 
     return {split: FusionDataset([_TileSample(*window(t), spec, srfs[t.scene]) for t in tiles if t.split == split],
                                  spec=spec, wavelengths=scenes[0].wavelengths, seed=seed, cache=cache,
-                                 normalise=normalise, info=info, **_split_kwargs(split, crop, augment))
+                                 normalisation=normalisation, info=info, **_split_kwargs(split, crop, augment))
             for split in splits}
 
 

@@ -21,7 +21,6 @@ import numpy as np
 
 from .bands import _compact
 
-CUBE_KEYS = ("hsi", "hr_hsi", "cube", "data", "img", "image", "x", "y")
 WAVELENGTH_KEYS = ("wavelengths_nm", "wavelength_nm", "wavelengths", "wavelength", "wl", "lambda", "centers_nm",
                    "wavelengths_nm_nominal")
 FWHM_KEYS = ("fwhm_nm", "fwhm", "fwhm_nm_nominal")
@@ -65,13 +64,12 @@ def _pick(arrays: dict, key, path, fmt: str):
     cubes = [k for k, v in arrays.items() if np.ndim(v) == 3 and np.asarray(v).dtype.kind in "iuf"]
     if len(cubes) == 1:
         return cubes[0]
-    named = [k for k in cubes if k.lower() in CUBE_KEYS]
-    if len(named) == 1:
-        return named[0]
     if not cubes:
         shapes = {k: np.shape(v) for k, v in arrays.items()}
         raise _fail(path, fmt, f"expected a 3-D numeric array (H, W, bands), found {shapes or 'no arrays'}")
-    raise _fail(path, fmt, f"several 3-D arrays {sorted(cubes)}; pass key= to choose one")
+    # Never a guess: a dataset item holds lr_hsi, hr_msi and hr_hsi, and reading the wrong one runs silently.
+    raise _fail(path, fmt, f"it holds several 3-D arrays {sorted(cubes)}; choose one with key= (csakd fuse "
+                           f"--lr-key/--msi-key)")
 
 
 def _vector(arrays: dict, names, exclude, metadata: dict, role: str) -> np.ndarray | None:

@@ -1,7 +1,8 @@
 """Fusion of scenes of any size in overlapping tiles, with memory bounded by the tile size.
 
-Convolutions are local, so a tile with enough overlap reproduces the whole-image result away from its border,
-and the overlaps are blended with linear ramps. The CSA attention (mode "attention") is not local: its logits
+Convolutions are local, so a tile with enough overlap reproduces the whole-image result away from its border:
+neighbouring tiles split their overlap at its middle and each output pixel is written once, by the tile that owns
+it (the pixel is then at least overlap/2 from that tile's border), so the output can stream to a file. The CSA attention (mode "attention") is not local: its logits
 average q_i·k_j over every pixel of the image. They need only the cross-Gram Σ_n x1[n] x2[n]ᵀ and the channel
 sums of x1 and x2 (`csakd.ops.csa_algebra.AttentionStats`), so a first pass accumulates those over the whole
 scene (each pixel counted once, in the tile that owns it, in float64) and the second pass gives the scene's
@@ -36,17 +37,6 @@ def _owned(starts: list[int], tile: int, size: int) -> list[tuple[int, int]]:
         hi = size if k == len(starts) - 1 else (starts[k + 1] + start + tile) // 2
         bounds.append((lo, hi))
     return bounds
-
-
-def _ramp(length: int, overlap: int, left: bool, right: bool) -> np.ndarray:
-    """Blending weights along one axis of a tile: linear ramps over the overlap on sides with a neighbour."""
-    x = np.arange(length, dtype=np.float64) + 0.5
-    w = np.ones(length)
-    if overlap > 0 and left:
-        w = np.minimum(w, x / overlap)
-    if overlap > 0 and right:
-        w = np.minimum(w, (length - x) / overlap)
-    return np.maximum(w, 1e-3)
 
 
 def _tensor(x, device) -> torch.Tensor:
@@ -95,12 +85,14 @@ def scene_attention(model, lr_hsi, hr_msi, rows, cols, tile: int, device, autoca
 
 
 def fuse_scene(model, lr_hsi, hr_msi, tile: int = 64, overlap: int = 8, device: torch.device | str = "cpu",
-               amp: torch.dtype | None = None, out: np.ndarray | None = None, progress: bool = False) -> np.ndarray:
-    """Fuses lr_hsi (C, h, w) and hr_msi (M, s·h, s·w) (numpy arrays, memmaps or tensors, scaled as the model
-    was trained) into (C, s·h, s·w) float32, in tiles of `tile`² LR pixels overlapping by `overlap`.
+               amp: torch.dtype | None = None, out=None, progress: bool = False):
+    """Fuses lr_hsi (C, h, w) and hr_msi (M, s·h, s·w) (numpy arrays, memmaps, tensors or any object sliced as
+    x[:, rows, cols] with .shape and .ndim; scaled as the model was trained) into (C, s·h, s·w) float32, in tiles
+    of `tile`² LR pixels overlapping by `overlap`, on whatever path `model` runs (autocast with `amp`).
 
-    `out`, if given, is the (C, s·h, s·w) float32 array to fill (e.g. a memmap); the working memory is then
-    bounded by the tile size.
+    `out`: None (a new array is returned), a (C, s·h, s·w) array to fill (e.g. a memmap), or a writer with
+    `write(block, (row, col, height, width))` such as `csakd.data.geo.RasterWriter`. Each output pixel is written
+    once, so the working memory is bounded by the tile size.
     """
     s = check_fuse_inputs(model, lr_hsi, hr_msi, tile, overlap)
     device = torch.device(device)
@@ -109,14 +101,17 @@ def fuse_scene(model, lr_hsi, hr_msi, tile: int = 64, overlap: int = 8, device: 
     th, tw = min(tile, h), min(tile, w)
     if out is None:
         out = np.zeros((c_bands, h * s, w * s), dtype=np.float32)
-    elif out.shape != (c_bands, h * s, w * s):
+    elif not hasattr(out, "write") and tuple(out.shape) != (c_bands, h * s, w * s):
         raise ValueError(f"out: expected shape {(c_bands, h * s, w * s)}, got {tuple(out.shape)}")
-    else:
-        out[...] = 0
-    weight_sum = np.zeros((h * s, w * s), dtype=np.float32)
 
     def autocast():
         return torch.autocast(device.type, dtype=amp) if amp is not None else contextlib.nullcontext()
+
+    def emit(block, top, left):
+        if hasattr(out, "write"):
+            out.write(block, (top, left, block.shape[1], block.shape[2]))
+        else:
+            out[:, top:top + block.shape[1], left:left + block.shape[2]] = block
 
     was_training = model.training
     model.eval()
@@ -125,24 +120,19 @@ def fuse_scene(model, lr_hsi, hr_msi, tile: int = 64, overlap: int = 8, device: 
             attention = None
             if model.config.csa == "attention":
                 attention = scene_attention(model, lr_hsi, hr_msi, rows, cols, tile, device, autocast)
-            positions = [(r, c) for r in rows for c in cols]
+            positions = [(r, rs, c, cs) for r, rs in zip(rows, _owned(rows, th, h))
+                         for c, cs in zip(cols, _owned(cols, tw, w))]
             if progress:
                 from tqdm.auto import tqdm
 
                 positions = tqdm(positions, desc="tiles", unit="tile", leave=False)
-            for r, c in positions:
+            for r, (r_lo, r_hi), c, (c_lo, c_hi) in positions:
                 lr = _tensor(lr_hsi[:, r:r + th, c:c + tw], device)
                 msi = _tensor(hr_msi[:, r * s:(r + th) * s, c * s:(c + tw) * s], device)
                 with autocast():
-                    pred = model(lr, msi, attention=attention)[0].float().cpu().numpy()
-                wy = _ramp(th * s, overlap * s, r > 0, r + th < h)
-                wx = _ramp(tw * s, overlap * s, c > 0, c + tw < w)
-                weight = np.outer(wy, wx).astype(np.float32)
-                window = (slice(r * s, (r + th) * s), slice(c * s, (c + tw) * s))
-                out[(slice(None), *window)] += pred * weight
-                weight_sum[window] += weight
+                    pred = model(lr, msi, attention=attention)[0]
+                owned = pred[:, (r_lo - r) * s:(r_hi - r) * s, (c_lo - c) * s:(c_hi - c) * s]
+                emit(owned.float().cpu().numpy(), r_lo * s, c_lo * s)
     finally:
         model.train(was_training)
-    for y in range(0, h * s, tile * s):  # normalise in row strips: no full-size temporary
-        out[:, y:y + tile * s] /= weight_sum[None, y:y + tile * s]
     return out

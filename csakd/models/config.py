@@ -1,5 +1,5 @@
-"""Model configuration: a plain dataclass with the SPEC §2 defaults, validated on construction and
-round-tripped through JSON (it is stored next to every checkpoint)."""
+"""Model configuration: a plain dataclass with the paper's defaults (docs/architecture.md), validated on
+construction and round-tripped through JSON (it is stored in every checkpoint)."""
 from __future__ import annotations
 
 import dataclasses
@@ -16,7 +16,8 @@ class ModelConfig:
 
     `depths` is the number of CLRA blocks per branch in the order (hm, mh, h, m); `h_groups` is the
     convolution groups of the h branch's CLRBs (the student uses 43). `nf` and `gc` are the paper's 86 and 43
-    for every band count unless set explicitly.
+    for every band count unless set explicitly. `normalisation` is the value scaling the network is trained and
+    run with (`csakd.normalisation`: ("lr_range",) or ("fixed", lo, hi)).
     """
 
     bands: int = 172
@@ -30,9 +31,13 @@ class ModelConfig:
     attn_dim: int = 64
     heads: int = 4
     name: str = "custom"
+    normalisation: tuple = ("lr_range",)
 
     def __post_init__(self):
+        from ..normalisation import Normalisation
+
         object.__setattr__(self, "depths", tuple(int(d) for d in self.depths))
+        object.__setattr__(self, "normalisation", Normalisation.parse(self.normalisation).to_config())
         for key in ("bands", "msi_bands", "scale", "nf", "gc", "h_groups", "attn_dim", "heads"):
             value = getattr(self, key)
             if not isinstance(value, int) or isinstance(value, bool) or value < 1:
@@ -49,6 +54,7 @@ class ModelConfig:
     def to_dict(self) -> dict:
         d = dataclasses.asdict(self)
         d["depths"] = list(self.depths)
+        d["normalisation"] = list(self.normalisation)
         return d
 
     def to_json(self) -> str:
@@ -70,7 +76,7 @@ class ModelConfig:
         return dataclasses.replace(self, **changes)
 
 
-# SPEC §2 depth table. The student's hm branch keeps its stem but no CLRA (see SPEC note on hm depth).
+# The paper's depth table. The student's hm branch keeps its stem but no CLRA (docs/architecture.md).
 PRESETS: dict[str, dict] = {
     "teacher": dict(depths=(6, 6, 4, 4), h_groups=1),
     "student": dict(depths=(0, 4, 4, 1), h_groups=43),

@@ -1,9 +1,10 @@
-"""Evaluation with the paper's metrics (SPEC §5): predictions are de-normalised to the data's own units
-(each item's "min"/"max" undo the per-image scaling), scored per image and averaged. Optional AWGN on the
-inputs at a given SNR, for the robustness sweep of the paper's Table II."""
+"""Evaluation with the paper's metrics (docs/metrics.md): predictions are de-normalised to the data's own units
+(each item's "min"/"max" undo its scaling), scored per image and averaged. A network predicts through
+`fuse_scene`, exactly as `csakd fuse` runs it (tiles of 64 LR pixels with the scene's attention; one tile for
+images up to that size), so an evaluated image and a fused file of the same pair are the same numbers. Optional
+AWGN on the inputs at a given SNR, for the robustness sweep of the paper's Table II."""
 from __future__ import annotations
 
-import contextlib
 from typing import Callable
 
 import numpy as np
@@ -18,20 +19,13 @@ Predictor = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 
 
 def network_predictor(model: torch.nn.Module, device: torch.device | str = "cpu",
-                      amp: torch.dtype | None = None) -> Predictor:
-    """`model` as a function (1,C,h,w), (1,M,H,W) -> (1,C,H,W) on the CPU, run in eval mode without grads."""
-    device = torch.device(device)
+                      amp: torch.dtype | None = None, tile: int = 64, overlap: int = 8) -> Predictor:
+    """`model` as a function (1,C,h,w), (1,M,H,W) -> (1,C,H,W) on the CPU, run as `csakd fuse` runs it."""
+    from ..inference.tiled import fuse_scene
 
     def predict(lr: torch.Tensor, msi: torch.Tensor) -> torch.Tensor:
-        was_training = model.training
-        model.eval()
-        autocast = torch.autocast(device.type, dtype=amp) if amp is not None else contextlib.nullcontext()
-        try:
-            with torch.no_grad(), autocast:
-                out = model(lr.to(device), msi.to(device))
-        finally:
-            model.train(was_training)
-        return out.float().cpu()
+        out = fuse_scene(model, lr[0], msi[0], tile=tile, overlap=overlap, device=device, amp=amp)
+        return torch.from_numpy(out)[None]
 
     return predict
 

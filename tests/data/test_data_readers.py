@@ -42,8 +42,12 @@ def test_npy_and_npz(tmp_path, cube):
 
 def test_npz_with_several_cubes_needs_a_key(tmp_path, cube):
     np.savez(tmp_path / "two.npz", first=cube, second=cube + 1)
-    with pytest.raises(CubeReadError, match="pass key="):
+    with pytest.raises(CubeReadError, match=r"several 3-D arrays \['first', 'second'\]; choose one with key="):
         read_cube(tmp_path / "two.npz")
+    # A dataset item's conventional names are no reason to guess: hr_hsi is the ground truth, not an input.
+    np.savez(tmp_path / "item.npz", lr_hsi=cube, hr_msi=cube[..., :2], hr_hsi=cube)
+    with pytest.raises(CubeReadError, match="several 3-D arrays"):
+        read_cube(tmp_path / "item.npz")
     assert np.array_equal(read_cube(tmp_path / "two.npz", key="second").data, cube + 1)
     with pytest.raises(CubeReadError, match="key 'third' not found"):
         read_cube(tmp_path / "two.npz", key="third")

@@ -6,7 +6,7 @@ import math
 
 import numpy as np
 import pytest
-import tifffile
+import rasterio
 import torch
 from train_helpers import TINY_BANDS, tiny_config
 
@@ -141,12 +141,14 @@ def test_fuse_cli_tiles_match_whole_image_inference(student_file, tmp_path):
     np.save(tmp_path / "lr.npy", lr)
     np.save(tmp_path / "msi.npy", msi)
     args = ["fuse", "--checkpoint", str(student_file), "--lr-hsi", str(tmp_path / "lr.npy"), "--hr-msi",
-            str(tmp_path / "msi.npy"), "--tile", "8", "--overlap", "3", "--device", "cpu", "--no-progress"]
+            str(tmp_path / "msi.npy"), "--tile", "8", "--overlap", "3", "--device", "cpu", "--no-progress",
+            "--clip", "none"]
     assert main(args + ["--out", str(tmp_path / "out.npy")]) == 0
     assert main(args + ["--out", str(tmp_path / "out.tif")]) == 0
     fused = np.load(tmp_path / "out.npy")
     assert fused.shape == (48, 40, TINY_BANDS)
-    np.testing.assert_array_equal(tifffile.imread(tmp_path / "out.tif"), fused)
+    with rasterio.open(tmp_path / "out.tif") as tif:  # band-interleaved: (bands, H, W)
+        np.testing.assert_array_equal(tif.read().transpose(1, 2, 0), fused)
 
     model = build_network(tiny_config(), "student").eval()
     lo, hi = lr.min(), lr.max()

@@ -177,5 +177,5 @@ def hr_transform(lr, msi, scale: int):
     if lr.georeferenced:
         from affine import Affine
 
-        return lr.transform * Affine.scale(1 / scale)
+        return lr.transform @ Affine.scale(1 / scale)
     return None

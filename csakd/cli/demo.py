@@ -4,7 +4,8 @@ upsampling and GSA fusion on held-out scenes and writes a Markdown report with f
 
 The networks are the small CPU presets (`teacher_tiny`, `student_tiny`: fewer bands, width 32, shallow),
 trained on small crops with a learning rate tuned for them: a demonstration of the method and the tooling,
-not the paper's configuration (SPEC §4 gives the cost of that one on this kind of machine).
+not the paper's configuration (whose networks are a GPU job: one training step of them takes a minute or more
+on a CPU).
 """
 from __future__ import annotations
 
@@ -92,7 +93,8 @@ def run_demo(out_dir, settings: DemoSettings, progress: bool = True, log=print) 
     config = _train_config(s, sources, bands, msi_bands, progress)
     log(f"co-training teacher_tiny and student_tiny for {s.epochs} epochs (online distillation, CPU)")
     t0 = time.perf_counter()
-    trainer = Trainer(config, train, val, run_dir=out / "run", degradation=degradation)
+    trainer = Trainer(config, train, val, run_dir=out / "run", degradation=degradation,
+                      echo=log if progress else None)
     summary = trainer.fit()
     t_train = time.perf_counter() - t0
 
@@ -155,7 +157,7 @@ def write_report(out: Path, result: dict, results: dict, figures: dict) -> Path:
         f"generator, split by scene: {s['train_scenes']} for training, {s['val_scenes']} for validation (checkpoint "
         f"selection) and {s['test_scenes']} held out for the test below.",
         "- Degradation (Wald's protocol): " + _describe_degradation(result["degradation"]),
-        f"- Training: online distillation (SPEC §4), AdamW, teacher cosine to 1e-10, student StepLR every "
+        f"- Training: online distillation (docs/data.md), AdamW, teacher cosine to 1e-10, student StepLR every "
         f"{s['step_epochs']} epochs x{s['gamma']}, AWGN at 35 dB on the LR-HSI, batch {s['batch_size']}, seed "
         f"{s['seed']}. Run folder: `run/` (config, metrics log, checkpoints).",
         f"- Metrics on de-normalised images, paper convention (PSNR peak = each band's maximum; SAM in degrees).",

@@ -34,6 +34,21 @@ def atomic_write_text(path, text: str) -> None:
         raise
 
 
+def make_folder(path, argument: str) -> Path:
+    """Creates the folder `path` and its missing parents; an existing folder must be writable. Errors name
+    `argument`, the option or parameter the path came from: "out: cannot create 'x' (Permission denied)"."""
+    path = Path(path)
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+    except FileExistsError:
+        raise ValueError(f"{argument}: cannot create {str(path)!r} (a file of that name exists)") from None
+    except OSError as exc:
+        raise ValueError(f"{argument}: cannot create {str(path)!r} ({exc.strerror or exc})") from None
+    if not os.access(path, os.W_OK | os.X_OK):
+        raise ValueError(f"{argument}: cannot write in {str(path)!r} (Permission denied)")
+    return path
+
+
 def _fsync_dir(path: Path) -> None:
     fd = os.open(path, os.O_RDONLY)
     try:

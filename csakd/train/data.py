@@ -58,3 +58,27 @@ def shapes(dataset) -> tuple[int, int, int]:
     if len(lr) != 3 or len(msi) != 3 or msi[1] % lr[1]:
         raise ValueError(f"data: expected (C, h, w) LR-HSI and (M, s*h, s*w) HR-MSI items, got shapes {lr} and {msi}")
     return lr[0], msi[0], msi[1] // lr[1]
+
+
+def image_sizes(dataset) -> list[tuple[str, int, int]]:
+    """(name, height, width) of the HR images of `dataset`, named by their index when they have no name.
+
+    Read without loading where the dataset knows them (tiles of scenes and generated scenes carry their
+    window); otherwise from the items themselves when the dataset keeps them in memory anyway (it loads them
+    in the first epoch), else from the first item only (a smaller later image is then reported, by name, when
+    it is first cropped).
+    """
+    from .batches import item_name
+
+    samples = getattr(dataset, "samples", None)
+    windows = [getattr(s, "window", None) for s in samples] if samples is not None else [None]
+    if samples is not None and len(samples) == len(dataset) and all(w is not None and len(w) == 4 for w in windows):
+        return [(str(s.name) if getattr(s, "name", None) else f"#{i}", int(w[2]), int(w[3]))
+                for i, (s, w) in enumerate(zip(samples, windows))]
+    count = len(dataset) if getattr(dataset, "cache", False) else min(len(dataset), 1)
+    sizes = []
+    for index in range(count):
+        item = dataset[index]
+        h, w = np.shape(item["hr_hsi"])[-2:]
+        sizes.append((item_name(item, index), int(h), int(w)))
+    return sizes

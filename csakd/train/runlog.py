@@ -1,5 +1,7 @@
 """What a run reports: a metrics log (JSONL and CSV, one row per evaluation, rewritten atomically), progress
-bars with loss and throughput, and optional TensorBoard scalars. Only the main process writes."""
+bars with loss and throughput, one console line per validation, and optional TensorBoard scalars. Only the
+main process writes, and nothing is written before the first row or scalar (so that a run refused while it
+is being set up leaves no files)."""
 from __future__ import annotations
 
 import csv
@@ -27,18 +29,27 @@ class _NoBar:
 
 
 class RunLog:
-    def __init__(self, run_dir: Path | None, enabled: bool = True, tensorboard: bool = False):
+    def __init__(self, run_dir: Path | None, enabled: bool = True, tensorboard: bool = False,
+                 keep_rows: bool = True):
+        """`keep_rows` False starts an empty log (a new run) instead of reading the rows already there."""
         self.run_dir = run_dir if enabled else None
         self.enabled = enabled
-        self.rows: list[dict] = self._read_rows()
-        self.writer = None
+        self.rows: list[dict] = self._read_rows() if keep_rows else []
+        self._writer, self._summary_writer = None, None
         if tensorboard and self.run_dir is not None:
             try:
                 from torch.utils.tensorboard import SummaryWriter
             except ImportError:
                 raise ValueError("tensorboard: requested, but the 'tensorboard' package is not installed "
                                  "(pip install tensorboard)") from None
-            self.writer = SummaryWriter(str(self.run_dir / "tensorboard"))
+            self._summary_writer = SummaryWriter
+
+    @property
+    def writer(self):
+        """The TensorBoard writer, made on first use (it creates its folder at once)."""
+        if self._writer is None and self._summary_writer is not None:
+            self._writer = self._summary_writer(str(self.run_dir / "tensorboard"))
+        return self._writer
 
     @property
     def jsonl(self) -> Path | None:
@@ -89,5 +100,17 @@ class RunLog:
                 self.writer.add_scalar(f"loss/{name}", value, step)
 
     def close(self) -> None:
-        if self.writer is not None:
-            self.writer.close()
+        if self._writer is not None:
+            self._writer.close()
+
+
+def validation_line(row: dict, networks) -> str | None:
+    """One console line of a metrics row's validation figures (None when it has none)."""
+    parts = []
+    for name in networks:
+        if f"val_{name}_psnr" in row:
+            parts.append(f"{name} PSNR {row[f'val_{name}_psnr']:.2f} dB, SAM {row[f'val_{name}_sam']:.2f} deg, "
+                         f"RMSE {row[f'val_{name}_rmse']:.4g}")
+    if not parts:
+        return None
+    return f"validation at epoch {row['epoch']}, step {row['step']}: " + " | ".join(parts)

@@ -1,10 +1,11 @@
-"""Online knowledge-distillation co-training (SPEC §4) and its single-network and offline variants.
+"""Online knowledge-distillation co-training and its single-network and offline variants (the protocol is in
+docs/data.md, the objectives in docs/losses.md).
 
 On each batch the teacher steps first on its own noisy copy of the LR-HSI; the student then steps on another
 noisy copy, distilling the teacher's outputs of that same batch (detached). Each network has its own AdamW;
-the teacher's learning rate follows a cosine to `eta_min` over the run, the student's a StepLR. Everything a
-step depends on is either in the checkpoint or a pure function of (seed, epoch, batch), so a resumed run
-continues bit-identically on CPU.
+the teacher's learning rate follows a cosine to `eta_min` over the run, the student's a StepLR
+(`csakd.train.schedule`). Everything a step depends on is either in the checkpoint or a pure function of
+(seed, epoch, batch) and the saved config, so a resumed run continues bit-identically on CPU.
 """
 from __future__ import annotations
 
@@ -19,19 +20,31 @@ from torch.utils.data import DataLoader
 
 from .. import ops
 from ..models import create
-from . import distributed
+from . import distributed, schedule
 from ..data import add_awgn
-from .batches import EpochSampler, TrainingView, derive_seed, generator
-from .checkpoint import NETWORKS, atomic_write_text, find_checkpoint, load_weights_into, read_state, \
+from .batches import EpochSampler, TrainingView, check_batch, derive_seed, fit_crop, generator
+from .budget import TIMED_STEPS, CheckpointClock, StepTimer, describe_plan, make_plan
+from .checkpoint import atomic_write_text, find_checkpoint, load_weights_into, make_folder, read_state, \
     resolve_model_file, write_checkpoint
-from .config import TrainConfig
-from .runlog import RunLog
+from .config import PAPER_CROP, TrainConfig
+from .data import image_sizes
+from .runlog import RunLog, validation_line
 
 NETWORK_ID = {"teacher": 0, "student": 1}
+LOSS_LEGEND = ("losses shown are each network's total objective. Negative totals are normal: the BEBA term "
+               "carries a constant -alpha*beta offset that only shifts the value (docs/losses.md); follow the "
+               "validation lines (PSNR, SAM, RMSE) for progress")
 
 
 class NonFiniteLoss(RuntimeError):
     """A loss became NaN or Inf; the message names the step, the batch and the last good checkpoint."""
+
+
+def _write(text: str) -> None:
+    # Through tqdm so that a line printed while a progress bar is shown does not break it.
+    from tqdm.auto import tqdm
+
+    tqdm.write(text)
 
 
 def amp_dtype(precision: str, device: torch.device) -> torch.dtype | None:
@@ -71,17 +84,19 @@ class Trainer:
     """Trains on `train_set` (items with "lr_hsi" (C,h,w), "hr_msi" (M,sh,sw), "hr_hsi" (C,sh,sw), scaled to
     [0, 1] per image) and validates on `val_set` (items also carrying "min"/"max" to undo the scaling).
 
-    `run_dir` receives the resolved config, the degradation spec, the metrics log and the checkpoints; with
-    `resume=True` training continues from its `last` checkpoint.
+    Construction checks that the run fits its data (crop, batch) and refuses it otherwise, before anything
+    is written; `fit()` creates `run_dir` (with missing parents) and writes the resolved config, the
+    degradation spec, the metrics log and the checkpoints into it. With `resume=True` training continues from
+    its `last` checkpoint. `echo` receives the console lines (setup, warnings, validations; None: silent).
     """
 
     def __init__(self, config: TrainConfig, train_set, val_set=None, run_dir=None, degradation: dict | None = None,
-                 resume: bool = False):
-        self.config = config
-        self.train_set, self.val_set = train_set, val_set
+                 resume: bool = False, echo=_write):
+        self.train_set, self.val_set, self.degradation, self.resumed = train_set, val_set, degradation, resume
         device_type = "cuda" if config.device.startswith("cuda") or (
             config.device == "auto" and torch.cuda.is_available()) else "cpu"
         self.ctx = distributed.init(device_type)
+        self.echo = echo if self.ctx.is_main else None
         self.device = distributed.pick_device(config.device, self.ctx.local_rank)
         if self.device.type == "cuda":
             torch.cuda.set_device(self.device)
@@ -89,10 +104,17 @@ class Trainer:
         if config.batch_size % self.ctx.world_size:
             raise ValueError(f"batch_size: expected a multiple of the {self.ctx.world_size} processes, "
                              f"got {config.batch_size}")
+        # Does the run fit its data? Checked before anything is built or written.
+        self.sizes = image_sizes(train_set)
+        crop = fit_crop(config.crop, self.sizes, config.scale, PAPER_CROP)
+        self.config = config = config.replace(crop=crop) if crop != config.crop else config
+        self.left_out = check_batch(config.batch_size, len(train_set), config.crops_per_image, self.ctx.world_size)
         self.local_batch = config.batch_size // self.ctx.world_size
-        self.weights = config.loss_weights()
         self.run_dir = Path(run_dir) if run_dir is not None else None
-        self.log = RunLog(self.run_dir, enabled=self.ctx.is_main, tensorboard=config.tensorboard)
+        if not resume and self.ctx.is_main and self.run_dir is not None \
+                and find_checkpoint(self.run_dir / "last") is not None:
+            raise ValueError(f"run_dir: {str(self.run_dir)!r} already holds a run; resume it or choose another")
+        self.weights = config.loss_weights()
 
         self.models: dict[str, torch.nn.Module] = {}
         if config.trains_teacher:
@@ -109,30 +131,23 @@ class Trainer:
         self.optimizers = {name: torch.optim.AdamW(m.parameters(), lr=getattr(config, f"lr_{name}"),
                                                    weight_decay=config.weight_decay)
                            for name, m in self.models.items()}
-        self.schedulers = {}
-        if "teacher" in self.optimizers:
-            self.schedulers["teacher"] = torch.optim.lr_scheduler.CosineAnnealingLR(
-                self.optimizers["teacher"], T_max=config.epochs, eta_min=config.eta_min)
-        if "student" in self.optimizers:
-            self.schedulers["student"] = torch.optim.lr_scheduler.StepLR(
-                self.optimizers["student"], step_size=config.step_epochs, gamma=config.gamma)
+        schedule.apply(config, self.optimizers, 0)
         self.scalers = {name: torch.amp.GradScaler(self.device.type, enabled=self.amp == torch.float16)
                         for name in self.models}
 
-        self.sampler = EpochSampler(len(train_set), self.local_batch, config.seed, self.ctx.rank,
-                                    self.ctx.world_size)
-        if self.sampler.batches_per_epoch < 1:
-            raise ValueError(f"batch_size: expected at most {len(train_set)} (the training set's size), "
-                             f"got {config.batch_size}")
-        self.loader = DataLoader(TrainingView(train_set, config.crop, config.scale, config.seed, config.augment),
+        self.sampler = EpochSampler(len(train_set) * config.crops_per_image, self.local_batch, config.seed,
+                                    self.ctx.rank, self.ctx.world_size)
+        self.loader = DataLoader(TrainingView(train_set, config.crop, config.scale, config.seed, config.augment,
+                                              config.crops_per_image),
                                  batch_size=self.local_batch, sampler=self.sampler, drop_last=True)
         self.state = {"step": 0, "epoch": 0, "batch": 0, "best": None, "running": _zero_running(),
-                      "elapsed_s": 0.0}
+                      "elapsed_s": 0.0, "wall_s": 0.0, "validated_at": None}
+        self.log = RunLog(self.run_dir, enabled=self.ctx.is_main, tensorboard=config.tensorboard, keep_rows=resume)
         if resume:
             self._restore()
-        elif self.ctx.is_main and self.run_dir is not None:
-            self._start_run_dir(degradation)
         self.parallel = {name: self._wrap(m) for name, m in self.models.items()}
+        self._mark = time.perf_counter()
+        self._out_of_time = False
 
     # -- setup ---------------------------------------------------------------------------------------------
     def _wrap(self, model):
@@ -142,13 +157,12 @@ class Trainer:
         # In the released "reference" CSA mode the query/key convs never reach the output.
         return DistributedDataParallel(model, device_ids=ids, find_unused_parameters=self.config.csa == "reference")
 
-    def _start_run_dir(self, degradation) -> None:
-        if find_checkpoint(self.run_dir / "last") is not None:
-            raise ValueError(f"run_dir: {str(self.run_dir)!r} already holds a run; resume it or choose another")
-        self.run_dir.mkdir(parents=True, exist_ok=True)
+    def _start_run_dir(self) -> None:
+        make_folder(self.run_dir, "run_dir")
         self.config.save(self.run_dir / "config.json")
-        if degradation is not None:
-            atomic_write_text(self.run_dir / "degradation.json", json.dumps(degradation, indent=2, sort_keys=True))
+        if self.degradation is not None:
+            atomic_write_text(self.run_dir / "degradation.json", json.dumps(self.degradation, indent=2,
+                                                                            sort_keys=True))
 
     def _restore(self) -> None:
         if self.run_dir is None:
@@ -160,22 +174,25 @@ class Trainer:
         for name, model in self.models.items():
             load_weights_into(model, folder / f"{name}.safetensors")
             self.optimizers[name].load_state_dict(state["optimizers"][name])
-            self.schedulers[name].load_state_dict(state["schedulers"][name])
             self.scalers[name].load_state_dict(state["scalers"][name])
         torch.set_rng_state(state["rng"])
         self.state = {k: state[k] for k in ("step", "epoch", "batch", "best", "running", "elapsed_s")}
+        self.state["wall_s"] = state.get("wall_s", self.state["elapsed_s"])
+        self.state["validated_at"] = state.get("validated_at")
+        # The rates are a function of the epoch and the config (its time-budget plan included).
+        schedule.apply(self.config, self.optimizers, self.state["epoch"])
         self.log.truncate_after(self.state["step"])
 
     # -- checkpoints ---------------------------------------------------------------------------------------
     def _checkpoint_state(self) -> dict:
         return dict(self.state, optimizers={n: o.state_dict() for n, o in self.optimizers.items()},
-                    schedulers={n: s.state_dict() for n, s in self.schedulers.items()},
                     scalers={n: s.state_dict() for n, s in self.scalers.items()}, rng=torch.get_rng_state(),
                     config=self.config.to_dict())
 
     def save(self, which: str = "last") -> Path | None:
         if not self.ctx.is_main or self.run_dir is None:
             return None
+        self._tick()
         return write_checkpoint(self.run_dir / which, self.models, self._checkpoint_state())
 
     def _last_good(self) -> str:
@@ -208,9 +225,9 @@ class Trainer:
         if bool(torch.isfinite(total)):
             return
         raise NonFiniteLoss(
-            f"non-finite {name} loss ({float(total.detach())}) at step {self.state['step'] + 1} (epoch {self.state['epoch']}, "
-            f"batch {self.state['batch']}, samples {batch['index'].tolist()}); last good checkpoint: "
-            f"{self._last_good()}")
+            f"non-finite {name} loss ({float(total.detach())}) at step {self.state['step'] + 1} (epoch "
+            f"{self.state['epoch']}, batch {self.state['batch']}, images {list(batch['name'])}); last good "
+            f"checkpoint: {self._last_good()}")
 
     def _update(self, name: str, total: torch.Tensor) -> None:
         opt, scaler = self.optimizers[name], self.scalers[name]
@@ -254,7 +271,7 @@ class Trainer:
             losses["student"] = terms["total"].detach()
         return {k: float(v) for k, v in losses.items()}
 
-    # -- the run -------------------------------------------------------------------------------------------
+    # -- validation ----------------------------------------------------------------------------------------
     def _validate(self) -> dict:
         from .evaluate import evaluate_dataset
 
@@ -278,8 +295,8 @@ class Trainer:
         return row
 
     def _evaluate_and_log(self) -> None:
-        """Validation on rank 0 (the others wait), one metrics row, and `best` when the monitored network's
-        PSNR improved."""
+        """Validation on rank 0 (the others wait), one metrics row and one console line, and `best` when the
+        monitored network's PSNR improved."""
         if self.ctx.is_main:
             row = self._end_of_epoch_row()
             row.update(self._validate())
@@ -288,44 +305,105 @@ class Trainer:
                 self.state["best"] = {"metric": key, "value": row[key], "step": self.state["step"]}
                 self.save("best")
             self.log.append(row)
+            self._say(validation_line(row, self.models))
         self.state["running"] = _zero_running()
+        self.state["validated_at"] = self.state["step"]
         self.state["best"] = self.ctx.broadcast_object(self.state["best"])
         self.ctx.barrier()
+        self._tick()
+
+    # -- the run -------------------------------------------------------------------------------------------
+    def _say(self, text: str | None) -> None:
+        if text and self.echo is not None:
+            self.echo(text)
+
+    def _tick(self) -> None:
+        """Adds the time since the last tick to the run's wall time (which a time budget counts, across
+        resumes: work lost in a crash is not counted)."""
+        now = time.perf_counter()
+        self.state["wall_s"] += now - self._mark
+        self._mark = now
 
     def _finished(self) -> bool:
         cfg = self.config
-        return self.state["epoch"] >= cfg.epochs or (cfg.max_steps is not None and self.state["step"] >= cfg.max_steps)
+        return (self.state["epoch"] >= cfg.run_epochs or self._out_of_time
+                or (cfg.max_steps is not None and self.state["step"] >= cfg.max_steps))
+
+    def describe(self) -> list[str]:
+        """The run's first console lines: what trains on what, the schedule, the checkpoints, the losses."""
+        cfg, per_epoch = self.config, self.sampler.batches_per_epoch
+        images, samples = len(self.train_set), len(self.train_set) * cfg.crops_per_image
+        lines = [f"training {' + '.join(getattr(cfg, n) for n in self.models)} ({cfg.mode}"
+                 f"{' distillation' if cfg.mode in ('online', 'offline') else ' alone'}) on {self.device}, "
+                 f"{cfg.bands} bands, scale {cfg.scale}",
+                 f"data: {images} training image{'s' * (images != 1)}, {cfg.crops_per_image} random {cfg.crop}x"
+                 f"{cfg.crop} crop{'s' * (cfg.crops_per_image != 1)} of each per epoch: {samples} samples, "
+                 f"{_count(per_epoch, 'step')} of batch {cfg.batch_size} per epoch; "
+                 f"{_count(len(self.val_set) if self.val_set is not None else 0, 'validation image')}"]
+        rates = ", ".join(f"{n} {getattr(cfg, f'lr_{n}'):g}" for n in self.models)
+        if cfg.minutes is not None and cfg.plan is None:
+            lines.append(f"schedule: time budget {cfg.minutes:g} min (at most {cfg.epochs} epochs); learning rates "
+                         f"{rates}, held until the steps the budget allows are estimated from steps 2-"
+                         f"{1 + TIMED_STEPS}")
+        else:
+            lines.append(f"schedule: {cfg.run_epochs} epochs; learning rates {rates} (teacher: cosine to "
+                         f"{cfg.eta_min:g}; student: x{cfg.gamma:g} every {_count(cfg.run_step_epochs, 'epoch')}); "
+                         f"validation every {_count(cfg.run_val_every, 'epoch')}")
+        when = [f"every {_count(cfg.ckpt_every, 'step')}"] if cfg.ckpt_every else []
+        when += [f"every {cfg.ckpt_minutes:g} min"] if cfg.ckpt_minutes else []
+        lines.append(f"checkpoints: last {', '.join(when + ['at the end'])}; best when the validation PSNR "
+                     f"improves")
+        if self.left_out:
+            lines.append(f"warning: {self.left_out}")
+        lines.append(LOSS_LEGEND)
+        return lines
 
     def fit(self) -> dict:
-        """Trains until `epochs` (or `max_steps`) and returns the final state summary."""
-        cfg = self.config
+        """Trains until `epochs` (or `max_steps`, or the time budget) and returns the final state summary."""
+        if self.ctx.is_main and self.run_dir is not None and not self.resumed:
+            self._start_run_dir()
+        if self.resumed:
+            self._say(f"resuming at step {self.state['step']} (epoch {self.state['epoch']}, batch "
+                      f"{self.state['batch']})")
+        for line in self.describe():
+            self._say(line)
         per_epoch = self.sampler.batches_per_epoch
+        clock = CheckpointClock(self.config.ckpt_every, self.config.ckpt_minutes)
+        timer = StepTimer()
+        self._mark = time.perf_counter()
+        self._out_of_time = self._budget_spent()
         try:
             while not self._finished():
                 self.sampler.set_position(self.state["epoch"], self.state["batch"])
                 bar = self.log.progress(total=per_epoch, initial=self.state["batch"],
-                                        desc=f"epoch {self.state['epoch'] + 1}/{cfg.epochs}",
-                                        enabled=cfg.progress)
+                                        desc=f"epoch {self.state['epoch'] + 1}/{self.config.run_epochs}",
+                                        enabled=self.config.progress)
+                fetched = time.perf_counter()
                 for batch in self.loader:
                     t0 = time.perf_counter()
                     losses = self.train_step(batch)
-                    dt = time.perf_counter() - t0
-                    self._account(losses, dt)
-                    self.log.step(bar, self.state["step"], losses, self.config.batch_size / max(dt, 1e-9))
-                    if cfg.ckpt_every and self.state["step"] % cfg.ckpt_every == 0:
-                        self.save("last")
-                    if cfg.max_steps is not None and self.state["step"] >= cfg.max_steps:
+                    done = time.perf_counter()
+                    timer.add(done - fetched)
+                    self._account(losses, done - t0)
+                    self.log.step(bar, self.state["step"], losses, self.config.batch_size / max(done - t0, 1e-9))
+                    self._check_budget(timer)
+                    if self.state["batch"] == per_epoch:
+                        bar.close()
+                        self._end_epoch()
+                    if self._finished():
                         break
+                    if self.ctx.is_main and clock.due(self.state["step"]):
+                        self.save("last")
+                        clock.written()
+                    fetched = time.perf_counter()
                 bar.close()
-                if self.state["batch"] == per_epoch:
-                    self._end_epoch()
-                elif self._finished():
-                    self._evaluate_and_log()
-                    self.save("last")
+            if self.state["validated_at"] != self.state["step"]:
+                self._evaluate_and_log()
+            self.save("last")
         finally:
             self.log.close()
         return {"step": self.state["step"], "epoch": self.state["epoch"], "best": self.state["best"],
-                "run_dir": str(self.run_dir) if self.run_dir is not None else None}
+                "plan": self.config.plan, "run_dir": str(self.run_dir) if self.run_dir is not None else None}
 
     def _account(self, losses: dict, dt: float) -> None:
         running = self.state["running"]
@@ -335,18 +413,56 @@ class Trainer:
         self.state["step"] += 1
         self.state["batch"] += 1
         self.state["elapsed_s"] += dt
+        self._tick()
+
+    def _budget_spent(self) -> bool:
+        """Whether the time budget, less the time kept for the final validation, is spent, as rank 0 sees it
+        (every process stops at the same step)."""
+        cfg = self.config
+        if cfg.minutes is None:
+            return False
+        reserve = cfg.plan["val_seconds"] if cfg.plan else 0.0
+        return bool(self.ctx.broadcast_object(self.state["wall_s"] + reserve >= cfg.minutes * 60))
+
+    def _check_budget(self, timer: StepTimer) -> None:
+        """Stops the run when its time budget is spent, and sizes the schedules once the first steps are timed
+        (or when the budget ran out first)."""
+        cfg = self.config
+        if cfg.minutes is None:
+            return
+        self._out_of_time = self._budget_spent()
+        if cfg.plan is not None or not (timer.ready or self._out_of_time):
+            return
+        val_seconds = 0.0
+        if not self._out_of_time and self.val_set is not None:
+            # One validation now, timed: the plan counts what the run's validations will cost.
+            start = time.perf_counter()
+            self._evaluate_and_log()
+            val_seconds = self.ctx.broadcast_object(time.perf_counter() - start)
+        plan = None
+        if self.ctx.is_main:
+            plan = make_plan(cfg, timer.mean(), len(timer.seconds) or 1, val_seconds, self.state["step"],
+                             self.state["wall_s"], self.state["epoch"], self.sampler.batches_per_epoch)
+        self.config = cfg.replace(plan=self.ctx.broadcast_object(plan))
+        if self.ctx.is_main and self.run_dir is not None:
+            self.config.save(self.run_dir / "config.json")  # a resumed run keeps this schedule
+        self._say(describe_plan(self.config.plan, self.sampler.batches_per_epoch))
+        self._out_of_time = self._budget_spent()
 
     def _end_epoch(self) -> None:
-        for scheduler in self.schedulers.values():
-            scheduler.step()
         self.state["epoch"] += 1
         self.state["batch"] = 0
-        if self.state["epoch"] % self.config.val_every == 0 or self._finished():
+        schedule.apply(self.config, self.optimizers, self.state["epoch"])
+        every = self.config.run_val_every
+        if every and self.state["epoch"] % every == 0 and self.state["validated_at"] != self.state["step"]:
             self._evaluate_and_log()
-        self.save("last")
 
     def shutdown(self) -> None:
         distributed.shutdown(self.ctx)
+
+
+def _count(n: int, noun: str) -> str:
+    return f"{n} {noun}{'s' * (n != 1)}"
 
 
 def _zero_running() -> dict:

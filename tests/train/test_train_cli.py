@@ -3,6 +3,8 @@ eval and fuse write, and the demo's report."""
 import argparse
 import json
 import math
+import os
+import re
 
 import numpy as np
 import pytest
@@ -15,7 +17,10 @@ from csakd.cli import build_parser, main
 from csakd.data import write_pair
 from csakd.io import save_model
 from csakd.cli.demo import DemoSettings, run_demo
+from csakd.models import PRESETS
 from csakd.train.trainer import build_network
+
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 COMMANDS = ("train", "eval", "fuse", "demo")
 
@@ -54,8 +59,9 @@ def test_user_errors_end_with_one_line(capsys, student_file, tmp_path):
     _one_line_error(capsys, ["eval", "--checkpoint", str(tmp_path / "missing")], "checkpoint: no such file")
     _one_line_error(capsys, ["train", "--backend", "nonsense", "--scenes", "2", "--val-scenes", "0",
                              "--test-scenes", "0", "--scene-size", "16", "--bands", str(TINY_BANDS), "--teacher",
-                             "teacher_tiny", "--student", "student_tiny", "--crop", "16", "--out",
-                             str(tmp_path / "run")], "backend")
+                             "teacher_tiny", "--student", "student_tiny", "--crop", "16", "--batch-size", "2",
+                             "--out", str(tmp_path / "run")], "backend")
+    assert not (tmp_path / "run").exists()
     # A dataset folder of 8-band pairs against a 16-band checkpoint.
     rng = np.random.default_rng(0)
     hr = rng.random((32, 32, 8), dtype=np.float32)
@@ -173,3 +179,72 @@ def test_demo_writes_a_report_with_its_figures(tmp_path):
     assert set(result["means"]) == {"teacher", "student", "bicubic", "gsa"}
     assert result["steps"] == 2  # 4 training scenes, batch 4, 2 epochs
     assert json.loads((tmp_path / "demo" / "summary.json").read_text())["settings"]["epochs"] == 2
+
+
+TINY_DATA = ["--scenes", "4", "--val-scenes", "1", "--test-scenes", "0", "--scene-size", "32", "--bands",
+             str(TINY_BANDS), "--device", "cpu", "--backend", "reference", "--precision", "fp32", "--no-progress"]
+
+
+def test_train_help_names_the_presets_the_defaults_and_why_losses_go_negative(capsys):
+    with pytest.raises(SystemExit):
+        build_parser().parse_args(["train", "--help"])
+    text = " ".join(capsys.readouterr().out.split())
+    for name in PRESETS:
+        assert name in text
+    for option in ("--crops-per-image", "--minutes", "--ckpt-minutes", "--ckpt-every"):
+        assert option in text
+    assert "default 'teacher', the paper's, when training on a GPU; 'teacher_tiny' on a CPU" in text
+    assert "default: the preset's, 0.0001 as in the paper for the paper's presets, 0.001 for the *_tiny" in text
+    assert "Negative totals are normal" in text and "docs/losses.md" in text
+
+
+@pytest.mark.parametrize("extra, fragments", [
+    (["--crop", "64"], ["crop: expected at most 32 (the smallest training image, generated0_", "is 32x32), got 64"]),
+    (["--batch-size", "8"], ["batch_size: expected at most 4 (4 training images x 1 crop per image), got 8; or "
+                             "raise crops_per_image to 2"]),
+    (["--crops-per-image", "0"], ["crops_per_image: expected a positive integer, got 0"]),
+    (["--minutes", "-1"], ["minutes: expected a positive number of minutes or None, got -1.0"]),
+])
+def test_train_refusals_leave_no_files(capsys, tmp_path, extra, fragments):
+    _one_line_error(capsys, ["train", *TINY_DATA, *extra, "--out", str(tmp_path / "runs" / "run")], *fragments)
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_train_out_errors_name_the_option(capsys, tmp_path):
+    (tmp_path / "file").write_text("")
+    _one_line_error(capsys, ["train", *TINY_DATA, "--max-steps", "1", "--out", str(tmp_path / "file" / "run")],
+                    f"out: cannot create {str(tmp_path / 'file' / 'run')!r} (Not a directory)")
+    assert [p.name for p in tmp_path.iterdir()] == ["file"]
+    (tmp_path / "old" / "last").mkdir(parents=True)
+    (tmp_path / "old" / "last" / "state.pt").write_bytes(b"")
+    _one_line_error(capsys, ["train", *TINY_DATA, "--max-steps", "1", "--out", str(tmp_path / "old")],
+                    f"out: {str(tmp_path / 'old')!r} already holds a run; continue it with --resume")
+    assert [p.name for p in (tmp_path / "old").iterdir()] == ["last"]
+
+
+@pytest.mark.skipif(os.geteuid() == 0, reason="root may write anywhere")
+def test_train_out_in_a_read_only_folder_names_the_option(capsys, tmp_path):
+    locked = tmp_path / "locked"
+    locked.mkdir()
+    locked.chmod(0o555)
+    try:
+        _one_line_error(capsys, ["train", *TINY_DATA, "--max-steps", "1", "--out", str(locked / "run")],
+                        f"out: cannot create {str(locked / 'run')!r} (Permission denied)")
+    finally:
+        locked.chmod(0o755)
+
+
+def test_train_creates_missing_parents_and_prints_setup_validation_and_summary(capsys, tmp_path):
+    run = tmp_path / "a" / "b" / "run"
+    assert main(["train", *TINY_DATA, "--teacher", "teacher_tiny", "--student", "student_tiny", "--crop", "16",
+                 "--batch-size", "2", "--crops-per-image", "2", "--max-steps", "1", "--out", str(run)]) == 0
+    assert (run / "last" / "state.pt").is_file() and (run / "config.json").is_file()
+    out = capsys.readouterr().out
+    assert f"run folder: {run}" in out
+    assert "data: 4 training images, 2 random 16x16 crops of each per epoch: 8 samples, 4 steps of batch 2" in out
+    assert "Negative totals are normal" in out
+    assert re.search(r"validation at epoch 0, step 1: teacher PSNR [\d.]+ dB, SAM [\d.]+ deg, RMSE \S+ \| student "
+                     r"PSNR", out), out
+    assert "done: 1 step, 0 epochs; best val_student_psnr" in out
+    config = json.loads((run / "config.json").read_text())
+    assert (config["crop"], config["crops_per_image"], config["lr_teacher"]) == (16, 2, 1e-3)

@@ -7,9 +7,12 @@ import subprocess
 import sys
 import time
 
+import pytest
 import torch
 from safetensors.torch import load_file
 from train_helpers import ROOT, TINY_TRAIN_ARGS, run_python, tiny_config
+
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 RESUME_ARGS = TINY_TRAIN_ARGS + ["--scenes", "8", "--epochs", "3", "--ckpt-every", "3", "--val-every", "1"]
 
@@ -103,3 +106,27 @@ def _initial(network):
     from csakd.train.trainer import build_network
 
     return build_network(tiny_config(), network).state_dict()
+
+
+def test_train_with_every_default_runs_one_step(tmp_path):
+    """`csakd train --max-steps 1` as a new user types it: generated data, the device's presets, the default crop
+    clipped to the 64-pixel generated scenes, a run folder under ./runs."""
+    from csakd.train.checkpoint import read_state
+    from csakd.train.config import default_presets
+
+    start = time.monotonic()
+    proc = subprocess.run([sys.executable, "-m", "csakd", "train", "--max-steps", "1"], cwd=tmp_path, env=_env(),
+                          capture_output=True, text=True, timeout=300)
+    took = time.monotonic() - start
+    assert proc.returncode == 0, proc.stderr
+    (run,) = (tmp_path / "runs").iterdir()
+    assert run.name.startswith("train-")
+    assert read_state(run / "last")["step"] == 1
+    config = json.loads((run / "config.json").read_text())
+    teacher, student = default_presets("cuda" if torch.cuda.is_available() else "cpu")
+    assert (config["teacher"], config["student"], config["crop"]) == (teacher, student, 64)
+    assert config["lr_teacher"] == (1e-3 if teacher == "teacher_tiny" else 1e-4)
+    out = proc.stdout
+    assert "Negative totals are normal" in out and "validation at epoch 0, step 1: teacher PSNR" in out
+    assert "done: 1 step, 0 epochs" in out
+    print(f"csakd train --max-steps 1 with every default: {took:.1f} s")  # shown with pytest -s

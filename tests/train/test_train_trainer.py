@@ -1,9 +1,11 @@
-"""The training step against a hand-written oracle of SPEC §4, the modes, schedules, noise, clipping, the
+"""The training step against a hand-written oracle of the training protocol (docs/data.md), the modes, schedules, noise, clipping, the
 non-finite stop and the checkpoint files."""
 import copy
 import dataclasses
 import json
 import math
+import re
+import time
 
 import pytest
 import torch
@@ -11,9 +13,13 @@ from train_helpers import tiny_config
 
 from csakd import losses
 from csakd.io import save_model
-from csakd.train import NonFiniteLoss, Trainer
+from csakd.train import NonFiniteLoss, TrainConfig, Trainer
+from csakd.train.budget import TIMED_STEPS, CheckpointClock, make_plan
 from csakd.train.checkpoint import find_checkpoint, read_state, write_checkpoint
+from csakd.train.schedule import learning_rate
 from csakd.train.trainer import build_network
+
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _first_batch(trainer):
@@ -28,7 +34,7 @@ def _assert_same_weights(a, b):
 
 
 def _oracle_online_step(config, batch):
-    """SPEC §4 written out: the teacher steps on the batch, then the student distils its detached outputs."""
+    """The protocol written out: the teacher steps on the batch, then the student distils its detached outputs."""
     teacher, student = build_network(config, "teacher"), build_network(config, "student")
     opt_t = torch.optim.AdamW(teacher.parameters(), lr=config.lr_teacher, weight_decay=0)
     opt_s = torch.optim.AdamW(student.parameters(), lr=config.lr_student, weight_decay=0)
@@ -147,9 +153,11 @@ def test_non_finite_loss_names_step_batch_and_last_checkpoint(tiny_train, tmp_pa
     assert f"{tmp_path / 'run' / 'last'} (step 1)" in message
 
 
-def test_cpu_rejects_half_precision_and_unknown_backends(tiny_train):
-    with pytest.raises(ValueError, match="precision: expected 'fp32' or 'auto' on CPU"):
-        Trainer(tiny_config(precision="bf16"), tiny_train)
+def test_cpu_rejects_fp16_and_unknown_backends(tiny_train):
+    # bf16 autocast runs on CPUs; fp16 autocast does not, and is refused.
+    with pytest.raises(ValueError, match="precision: expected 'fp32', 'bf16' or 'auto' on a CPU, got 'fp16'"):
+        Trainer(tiny_config(precision="fp16"), tiny_train)
+    assert Trainer(tiny_config(precision="bf16"), tiny_train).amp == torch.bfloat16
     with pytest.raises(ValueError, match="backend"):
         Trainer(tiny_config(backend="nonsense"), tiny_train)
 
@@ -201,3 +209,174 @@ def test_config_round_trips_and_rejects_bad_values(tmp_path):
         with pytest.raises(ValueError, match=match):
             tiny_config(**bad)
     assert copy.copy(config) == config
+
+
+# -- data fit, crops per image, time budget, checkpoints ------------------------------------------------------
+def _unnamed(item, side=None):
+    """A dataset item as a plain dict without a name, cut to an HR side of `side` pixels if given."""
+    out = {k: item[k] for k in ("lr_hsi", "hr_msi", "hr_hsi", "min", "max")}
+    if side is not None:
+        out.update(lr_hsi=out["lr_hsi"][:, :side // 4, :side // 4], hr_msi=out["hr_msi"][:, :side, :side],
+                   hr_hsi=out["hr_hsi"][:, :side, :side])
+    return out
+
+
+def test_crops_per_image_give_n_times_images_samples_per_epoch(tiny_train):
+    trainer = Trainer(tiny_config(crops_per_image=3, batch_size=2), tiny_train)
+    assert trainer.sampler.batches_per_epoch == 6  # 4 images x 3 crops / batch 2
+    trainer.sampler.set_position(0, 0)
+    images = torch.cat([batch["index"] for batch in trainer.loader]).tolist()
+    assert sorted(images) == [0, 0, 0, 1, 1, 1, 2, 2, 2, 3, 3, 3]
+    view = trainer.loader.dataset
+    crops = [view[(0, k)]["hr_hsi"] for k in range(3)]  # the three crops of image 0 in epoch 0
+    assert not (torch.equal(crops[0], crops[1]) and torch.equal(crops[1], crops[2]))
+    # A pure function of (seed, epoch, sample): drawn again identically, differently in the next epoch.
+    assert all(torch.equal(view[(0, k)]["hr_hsi"], crops[k]) for k in range(3))
+    assert not all(torch.equal(view[(1, k)]["hr_hsi"], crops[k]) for k in range(3))
+
+
+def test_the_default_crop_fits_the_data_and_a_larger_one_is_refused_before_any_file(tiny_train, tmp_path):
+    run = tmp_path / "run"
+    assert Trainer(tiny_config(crop=None), tiny_train, run_dir=run).config.crop == 32  # 128 clipped to the images
+    with pytest.raises(ValueError, match=r"^crop: expected at most 32 \(the smallest training image, "
+                                         r"generated0_\d+, is 32x32\), got 64$"):
+        Trainer(tiny_config(crop=64), tiny_train, run_dir=run)
+    with pytest.raises(ValueError, match=r"^batch_size: expected at most 4 \(4 training images x 1 crop per "
+                                         r"image\), got 6; or raise crops_per_image to 2$"):
+        Trainer(tiny_config(batch_size=6), tiny_train, run_dir=run)
+    assert Trainer(tiny_config(batch_size=6, crops_per_image=2), tiny_train).sampler.batches_per_epoch == 1
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_samples_left_out_of_every_epoch_are_announced_once(tiny_train):
+    lines = []
+    trainer = Trainer(tiny_config(batch_size=3, epochs=2, val_every=10), tiny_train, echo=lines.append)
+    trainer.fit()
+    warnings = [line for line in lines if line.startswith("warning:")]
+    assert warnings == ["warning: 4 samples per epoch (4 training images x 1 crop per image) do not fill batches "
+                        "of 3: 1 (different ones each epoch) are left out of every epoch; crops_per_image 3 or "
+                        "batch_size 2 uses them all"]
+    assert trainer.state["step"] == 2  # one batch of 3 per epoch
+    assert Trainer(tiny_config(batch_size=3, crops_per_image=3), tiny_train).left_out is None
+
+
+def test_items_without_a_name_are_named_by_their_index(tiny_train):
+    small, large = _unnamed(tiny_train[0], side=16), _unnamed(tiny_train[1])
+    with pytest.raises(ValueError, match=r"crop: expected at most 16 \(the smallest training image, #0, is 16x16\)"):
+        Trainer(tiny_config(crop=32, batch_size=1), [small, large])
+    # A plain list is not held in memory by the dataset, so only its first item is checked up front; a smaller
+    # one later is reported, by its index, when it is first cropped.
+    trainer = Trainer(tiny_config(crop=32, batch_size=2, augment=False), [large, small])
+    with pytest.raises(ValueError, match=r"crop: expected at most 16 \(the item #1 is 16x16\), got 32"):
+        trainer.fit()
+
+
+def test_make_plan_fits_the_remaining_steps_and_validations_in_the_budget():
+    config = tiny_config(minutes=1.0, epochs=600, step_epochs=100, val_every=None)
+    # 60 s budget, 10 s spent, 5 s kept for the final validation: 45 s for steps of 1 s and validations of 5 s.
+    # 5 epochs of 4 steps, 6 already done: 14 steps + 5 validations (every epoch) = 39 s; 6 epochs need 48 s.
+    plan = make_plan(config, step_seconds=1.0, timed_steps=5, val_seconds=5.0, step=6, spent_s=10.0, epoch=1,
+                     steps_per_epoch=4)
+    assert (plan["epochs"], plan["steps"], plan["val_every"], plan["step_epochs"], plan["from_epoch"]) == (5, 20, 1, 1, 2)
+    # Long budgets: about ten validations, and the student keeps its 6 decays.
+    plan = make_plan(config.replace(minutes=100.0), 1.0, 5, 5.0, 6, 10.0, 1, 4)
+    assert plan["epochs"] == 600 and plan["val_every"] == 60 and plan["step_epochs"] == 100
+    plan = make_plan(config.replace(minutes=10.0), 1.0, 5, 5.0, 6, 10.0, 1, 4)
+    assert plan["epochs"] == 135 and plan["val_every"] == 13 and plan["step_epochs"] == 22
+    assert 4 * plan["epochs"] - 6 + plan["epochs"] // 13 * 5 <= 600 - 15 < 4 * 136 - 6 + 136 // 13 * 5
+    # A budget nearly spent still lets the epoch under way (the third) finish.
+    assert make_plan(config, 1.0, 5, 5.0, step=6, spent_s=58.0, epoch=2, steps_per_epoch=2)["epochs"] == 3
+
+
+def test_time_budget_stops_the_run_and_sizes_the_schedule(tiny_train, tiny_val, tmp_path):
+    run = tmp_path / "run"
+    config = tiny_config(epochs=600, minutes=0.1, val_every=None, step_epochs=100, eta_min=1e-6)
+    lines = []
+    trainer = Trainer(config, tiny_train, tiny_val, run_dir=run, echo=lines.append)
+    start = time.monotonic()
+    summary = trainer.fit()
+    took = time.monotonic() - start
+    plan = summary["plan"]
+    # Sized after the first step and TIMED_STEPS timed ones (600 epochs of 2 steps would take minutes).
+    assert plan["made_at_step"] == 1 + TIMED_STEPS and plan["timed_steps"] == TIMED_STEPS
+    assert 1 <= plan["epochs"] < 600 and plan["steps"] == 2 * plan["epochs"]
+    assert plan["step_epochs"] == max(1, round(plan["epochs"] / 6))
+    # Stopped by the budget (less the final validation) or at the end of the sized schedule, whichever first.
+    state = read_state(run / "last")
+    assert state["epoch"] <= plan["epochs"]
+    assert state["epoch"] == plan["epochs"] or state["wall_s"] + plan["val_seconds"] >= 6.0
+    assert took < 6.0 + 10  # the final validation and checkpoint come after the budget
+    # The plan is in the saved config and sets the rates: the teacher's cosine ends at eta_min after its epochs.
+    saved = TrainConfig.load(run / "config.json")
+    assert saved.plan == plan
+    assert learning_rate(saved, "teacher", plan["epochs"]) == pytest.approx(1e-6)
+    for name, optimizer in trainer.optimizers.items():
+        assert optimizer.param_groups[0]["lr"] == learning_rate(saved, name, state["epoch"])
+    assert any(line.startswith("time budget 0.1 min:") for line in lines)
+    # A resumed run keeps the schedule and, its budget spent, only checks out.
+    resumed = Trainer(saved, tiny_train, tiny_val, run_dir=run, resume=True, echo=None)
+    assert resumed.config.plan == plan
+    assert resumed.optimizers["teacher"].param_groups[0]["lr"] == learning_rate(saved, "teacher", state["epoch"])
+    assert resumed.fit()["step"] == state["step"]
+
+
+def _count_saves(trainer, monkeypatch):
+    written = []
+    real = trainer.save
+
+    def save(which="last"):
+        written.append((which, trainer.state["step"]))
+        return real(which)
+
+    monkeypatch.setattr(trainer, "save", save)
+    return written
+
+
+@pytest.mark.parametrize("changes, lasts", [({}, [4]), ({"ckpt_every": 3}, [3, 4]),
+                                            ({"ckpt_minutes": 1e-9}, [1, 2, 3, 4])])
+def test_last_is_written_by_step_count_or_time_not_after_every_epoch(tiny_train, tiny_val, tmp_path, monkeypatch,
+                                                                     changes, lasts):
+    # 4 epochs of one step (4 images, batch 4). By default (every 10 minutes) only the end of this short run
+    # writes `last`; a time interval of ~0 writes it after every step, so a crash loses nothing.
+    trainer = Trainer(tiny_config(epochs=4, batch_size=4, val_every=1, **changes), tiny_train, tiny_val,
+                      run_dir=tmp_path / "run", echo=None)
+    written = _count_saves(trainer, monkeypatch)
+    trainer.fit()
+    assert [step for which, step in written if which == "last"] == lasts
+    best = [step for which, step in written if which == "best"]
+    rows = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    improved = [r["step"] for k, r in enumerate(rows)
+                if r["val_student_psnr"] > max([q["val_student_psnr"] for q in rows[:k]], default=-math.inf)]
+    assert best == improved
+
+
+def test_checkpoint_clock_counts_steps_and_minutes():
+    now = [0.0]
+    clock = CheckpointClock(every_steps=0, every_minutes=10, clock=lambda: now[0])
+    now[0] = 599.0
+    assert not clock.due(1)
+    now[0] = 600.0
+    assert clock.due(2)
+    clock.written()
+    now[0] = 1199.0
+    assert not clock.due(3)
+    assert CheckpointClock(every_steps=3, every_minutes=0, clock=lambda: 1e9).due(6)
+    assert not CheckpointClock(every_steps=3, every_minutes=0, clock=lambda: 1e9).due(7)
+
+
+def test_default_learning_rate_follows_the_preset():
+    assert TrainConfig().lr_teacher == TrainConfig().lr_student == 1e-4  # the paper's presets
+    config = TrainConfig(teacher="teacher_tiny", student="student")
+    assert (config.lr_teacher, config.lr_student) == (1e-3, 1e-4)
+    assert TrainConfig(teacher="teacher_tiny", lr_teacher=5e-4).lr_teacher == 5e-4
+    assert TrainConfig.from_dict(config.to_dict()) == config  # saved resolved
+
+
+def test_validation_prints_one_line_per_network_metrics(tiny_train, tiny_val):
+    lines = []
+    Trainer(tiny_config(epochs=1, val_every=1), tiny_train, tiny_val, echo=lines.append).fit()
+    shown = [line for line in lines if line.startswith("validation")]
+    assert len(shown) == 1
+    assert re.fullmatch(r"validation at epoch 1, step 2: teacher PSNR [\d.]+ dB, SAM [\d.]+ deg, RMSE [\d.e-]+ \| "
+                        r"student PSNR [\d.]+ dB, SAM [\d.]+ deg, RMSE [\d.e-]+", shown[0]), shown[0]
+    assert any("Negative totals are normal" in line and "docs/losses.md" in line for line in lines)

@@ -1,5 +1,5 @@
 """Input checks shared by every public entry point. Each raises ValueError naming the argument, what was
-expected and what came (SPEC §1)."""
+expected and what came."""
 from __future__ import annotations
 
 import torch

@@ -1,5 +1,5 @@
 """Checkpoints: csakd's own files (safetensors with the config as metadata) and the authors' released
-PyTorch checkpoints (SPEC §2, "State-dict names of the released scripts")."""
+PyTorch checkpoints (their state-dict names, docs/faithfulness.md)."""
 from __future__ import annotations
 
 import contextlib

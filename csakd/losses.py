@@ -1,4 +1,4 @@
-"""Training losses of CSAKD (SPEC §3), in plain PyTorch: the reference the fused Triton losses are tested
+"""Training losses of CSAKD (docs/losses.md), in plain PyTorch: the reference the fused Triton losses are tested
 against. All means run over the batch as well."""
 from __future__ import annotations
 
@@ -84,7 +84,7 @@ def kd_loss(student_fused: torch.Tensor, teacher_fused: torch.Tensor) -> torch.T
 
 @dataclass(frozen=True)
 class LossWeights:
-    """λ of SPEC §3; forms and reconstruction kind of the terms."""
+    """λ of the objectives (docs/losses.md); forms and reconstruction kind of the terms."""
 
     beba: float = 0.1
     sam: float = 0.1

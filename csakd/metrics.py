@@ -1,4 +1,4 @@
-"""Image-quality metrics of fused hyperspectral images (SPEC §5): PSNR, SAM, RMSE, ERGAS and SSIM.
+"""Image-quality metrics of fused hyperspectral images (docs/metrics.md): PSNR, SAM, RMSE, ERGAS and SSIM.
 
 Inputs are `pred` and `target` as torch tensors or numpy arrays (any mix of the two) shaped (C, H, W) for one
 image or (B, C, H, W) for a batch, channels first (NCHW); images stored as H x W x bands must be transposed

@@ -3,7 +3,7 @@ cube chosen by wavelength, the spectral response curves of the MSI bands over th
 per-pixel spectra.
 
 Cubes are numpy arrays laid out (H, W, bands), as files are, or torch tensors laid out (bands, H, W), as the
-networks use (SPEC §1). Wavelengths are band centres in nm, one per band, in any order (AVIRIS's are not
+networks use. Wavelengths are band centres in nm, one per band, in any order (AVIRIS's are not
 sorted where its spectrometers overlap); curves are drawn in wavelength order and broken across the gaps of
 dropped bands.
 """

@@ -1,4 +1,4 @@
-"""AVIRIS band tables, the paper's 224 -> 172 channel preset (SPEC §6) and bad-band detection.
+"""AVIRIS band tables, the paper's 224 -> 172 channel preset (docs/data.md) and bad-band detection.
 
 Channels are AVIRIS channel numbers, 1-based (1..224). Select bands by channel, never by wavelength: AVIRIS
 wavelengths are not monotonic where its spectrometers overlap (channel 32 is redder than channel 33).

@@ -1,4 +1,4 @@
-"""Wald's protocol made explicit (SPEC §6): HR-HSI -> (LR-HSI, HR-MSI) from a serialisable `DegradationSpec`.
+"""Wald's protocol made explicit (docs/data.md): HR-HSI -> (LR-HSI, HR-MSI) from a serialisable `DegradationSpec`.
 
 LR-HSI: Gaussian blur (PSF), then decimation by `scale` at a stated phase, then optional AWGN.
 HR-MSI: spectral response (M x C, rows sum to 1), then optional misregistration, then optional AWGN.
@@ -27,7 +27,7 @@ SIGMA_KINDS = ("std", "variance")
 # "reflect" does not (scipy 'mirror').
 BOUNDARIES = ("reflect", "symmetric", "replicate", "circular", "zeros")
 NOISE_TARGETS = ("lr", "msi", "both")
-SPEC_VERSION = 1
+FORMAT_VERSION = 1
 
 
 def _is_number(x) -> bool:
@@ -36,7 +36,7 @@ def _is_number(x) -> bool:
 
 @dataclass(frozen=True)
 class DegradationSpec:
-    """Every choice of the simulated acquisition. Defaults follow the paper (SPEC §6): scale 4, Gaussian PSF
+    """Every choice of the simulated acquisition. Defaults follow the paper (docs/data.md): scale 4, Gaussian PSF
     with standard deviation 3 HR pixels (the paper's "sigma = 3" does not say std or variance: std is our
     reading, stated in every saved spec), Landsat TM bands 1-4 as boxcars, no noise, no misregistration.
 
@@ -45,7 +45,7 @@ class DegradationSpec:
     srf_*: exactly one of srf_preset (a name of `spectral_response.srf_names()`; former names are stored as
     their new ones) / srf_ranges (nm pairs) / srf_csv (file), shaped by srf_model. srf_bands: a measured
     sensor's bands (its defaults, spelled out, when not given); None for the other sources.
-    snr_db / noise_on / noise_seed: AWGN on "lr", "msi" or "both", power over the whole tensor (SPEC §4).
+    snr_db / noise_on / noise_seed: AWGN on "lr", "msi" or "both", power over the whole tensor (docs/data.md).
     msi_shift: (dy, dx) in HR pixels, content moves down/right; msi_affine: 2x2 linear part about the image
     centre (identity = none). Applied to the MSI only, modelling misregistration between the sensors.
     """
@@ -66,7 +66,7 @@ class DegradationSpec:
     noise_seed: int = 0
     msi_shift: tuple = (0.0, 0.0)
     msi_affine: tuple = ((1.0, 0.0), (0.0, 1.0))
-    version: int = field(default=SPEC_VERSION)
+    version: int = field(default=FORMAT_VERSION)
 
     def __post_init__(self):
         def set_(name, value):  # the dataclass is frozen; normalised values are stored once, here
@@ -129,8 +129,8 @@ class DegradationSpec:
             raise ValueError(f"msi_affine: expected a 2x2 matrix with positive determinant (identity = none), "
                              f"got {self.msi_affine!r}")
         set_("msi_affine", tuple(tuple(float(v) for v in row) for row in affine))
-        if self.version != SPEC_VERSION:
-            raise ValueError(f"version: expected {SPEC_VERSION}, got {self.version!r}")
+        if self.version != FORMAT_VERSION:
+            raise ValueError(f"version: expected {FORMAT_VERSION}, got {self.version!r}")
 
     @property
     def psf_std(self) -> float:
@@ -309,7 +309,7 @@ def warp(x: torch.Tensor, shift=(0.0, 0.0), affine=((1.0, 0.0), (0.0, 1.0))) -> 
 
 
 def add_awgn(x: torch.Tensor, snr_db: float, generator: torch.Generator | None = None) -> torch.Tensor:
-    """`x + randn * sqrt(mean(x^2) / 10^(snr/10))`, the power measured over the whole tensor (SPEC §4).
+    """`x + randn * sqrt(mean(x^2) / 10^(snr/10))`, the power measured over the whole tensor (docs/data.md).
     Noise is drawn in float32 on the generator's device (CPU without one), so a seed gives the same draw
     whatever the dtype or device of `x`."""
     check_float_tensor("x", x)

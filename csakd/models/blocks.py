@@ -1,4 +1,4 @@
-"""Cross-Layer Residual Block (CLRB) and Cross-Layer Residual Aggregation (CLRA), SPEC §2.
+"""Cross-Layer Residual Block (CLRB) and Cross-Layer Residual Aggregation (CLRA) (docs/architecture.md).
 
 The functional `clrb_reference` is the oracle the fused CLRB kernels are tested against; the module's
 forward is that same function.

@@ -53,7 +53,7 @@ def resolve_impl(impl: str | None) -> str:
 
 
 def check_clrb_args(x, weights, biases, groups) -> None:
-    """ValueError naming the argument for anything the op would reject (shapes as SPEC §2)."""
+    """ValueError naming the argument for anything the op would reject (shapes as in docs/architecture.md)."""
     check_float_tensor("x", x, ndim=4, finite=False)  # a finiteness check would sync the device every call
     for name, seq in (("weights", weights), ("biases", biases)):
         if not isinstance(seq, Sequence) or len(seq) != 5:

@@ -139,6 +139,7 @@ class Raster:
     nodata = property(lambda self: self._dataset.nodata)
     dtype = property(lambda self: self._dataset.dtypes[0], doc="the stored dtype; read() gives float32")
     closed = property(lambda self: self._dataset.closed)
+    subdatasets = property(lambda self: self._dataset.subdatasets, doc="other images in the file (TIFF pages)")
 
     @property
     def georeferenced(self) -> bool:

@@ -4,7 +4,7 @@ their band centres when the file has them.
 Formats (through well-kept libraries, no hand-written parsers): .npy/.npz (numpy), MATLAB .mat v5 (scipy)
 and v7.3 (HDF5 through h5py: MATLAB stores column-major, so arrays come transposed and are turned back),
 plain HDF5 .h5/.hdf5 (h5py, C order), ENVI .hdr + data file, BSQ/BIL/BIP, either byte order (spectral),
-TIFF/GeoTIFF (tifffile). Anything that cannot be read as a correct array (truncated or corrupt file, a
+TIFF/GeoTIFF (rasterio/GDAL). Anything that cannot be read as a correct array (truncated or corrupt file, a
 header that disagrees with the data's size, NaN/Inf values) raises `CubeReadError` (a ValueError) that names
 the file and the cause.
 """
@@ -252,6 +252,10 @@ class _Warnings(logging.Handler):
 
 
 def _read_tiff(path, key):
+    """A multi-page TIFF stack (one band a page, as scientific tools write them) through tifffile; a GeoTIFF/COG
+    or any single-image TIFF through GDAL (rasterio: every compression and layout, band centres from band
+    descriptions or GDAL metadata). tifffile checks the file's structure first in both cases: GDAL reads the
+    first page of a damaged file without complaint."""
     import tifffile
 
     size = os.path.getsize(path)
@@ -270,17 +274,19 @@ def _read_tiff(path, key):
                 if not ends or max(ends) > size:
                     raise ValueError(f"image data of page {page.index} lies beyond the end of the "
                                      f"{size}-byte file (truncated)")
-            data = series.asarray()
-            page = pages[0]
-            gdal = page.tags.get("GDAL_METADATA")
+            stack = len(pages) > 1
+            data = series.asarray() if stack else None
+            gdal = pages[0].tags.get("GDAL_METADATA")
             gdal = gdal.value if gdal is not None else None
-            geotiff = "GeoKeyDirectoryTag" in page.tags
+            geotiff = "GeoKeyDirectoryTag" in pages[0].tags
     except Exception as exc:  # tifffile.TiffFileError, ValueError, struct errors on damaged files
         raise _fail(path, "TIFF", exc) from exc
     finally:
         log.removeHandler(warnings)
     if warnings.messages:
         raise _fail(path, "TIFF", f"damaged file: {'; '.join(warnings.messages[:3])}")
+    if not stack:
+        return _read_gdal_tiff(path)
     if data.ndim != 3 or "Y" not in axes or "X" not in axes:
         raise _fail(path, "TIFF", f"expected a 3-D multi-band image with Y and X axes, got axes {axes!r} "
                     f"shape {data.shape}")
@@ -293,6 +299,20 @@ def _read_tiff(path, key):
         fwhm = _gdal_band_values(gdal, data.shape[2], ("fwhm",))
     return Cube(data, wavelengths=wavelengths, fwhm=fwhm, path=str(path), format="TIFF",
                 metadata={"axes": axes, "geotiff": geotiff})
+
+
+def _read_gdal_tiff(path) -> Cube:
+    from .geo import open_raster
+
+    try:
+        with open_raster(path, "cube") as raster:
+            data = np.moveaxis(raster.read(), 0, 2)
+            if np.dtype(raster.dtype).kind in "iu":
+                data = data.astype(raster.dtype)  # the stored integers, as the other readers give them
+            return Cube(data, wavelengths=raster.wavelengths, fwhm=raster.fwhm, path=str(path), format="TIFF",
+                        metadata={"axes": "YXS", "geotiff": raster.georeferenced})
+    except ValueError as exc:  # unreadable or damaged blocks: geo names the cause
+        raise _fail(path, "TIFF", str(exc).removeprefix("cube: ")) from exc
 
 
 READERS = {".npy": _read_npy, ".npz": _read_npz, ".mat": _read_mat, ".tif": _read_tiff, ".tiff": _read_tiff,

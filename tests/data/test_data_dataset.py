@@ -62,12 +62,15 @@ def test_cube_dataset_normalises_then_degrades():
         for item in ds:
             top, left, h, w = ds.samples[[s.name for s in ds.samples].index(item["name"])].window
             window = cube[top:top + h, left:left + w]
-            assert item["min"] == pytest.approx(window.min()) and item["max"] == pytest.approx(window.max())
-            assert float(item["hr_hsi"].min()) == 0 and float(item["hr_hsi"].max()) == pytest.approx(1)
-            span = item["max"] - item["min"]
             raw = torch.tensor(window, dtype=torch.float64).permute(2, 0, 1)
-            torch.testing.assert_close(item["hr_hsi"].double() * span + item["min"], raw, rtol=1e-6, atol=1e-3)
             lr, msi = degrade(raw, spec, wl)  # degrading the raw window = de-normalised items (affine maps)
+            # The scaling is the LR-HSI's own range (what fusion has too), in the data's units.
+            assert item["min"] == pytest.approx(float(lr.min()), rel=1e-5)
+            assert item["max"] == pytest.approx(float(lr.max()), rel=1e-5)
+            assert float(item["lr_hsi"].min()) == pytest.approx(0, abs=1e-6)
+            assert float(item["lr_hsi"].max()) == pytest.approx(1, abs=1e-6)
+            span = item["max"] - item["min"]
+            torch.testing.assert_close(item["hr_hsi"].double() * span + item["min"], raw, rtol=1e-6, atol=1e-3)
             torch.testing.assert_close(item["lr_hsi"].double() * span + item["min"], lr, rtol=1e-5, atol=2e-3)
             torch.testing.assert_close(item["hr_msi"].double() * span + item["min"], msi, rtol=1e-5, atol=2e-3)
 
@@ -130,7 +133,7 @@ def test_user_paired_data_from_folder_and_from_pairs(tmp_path):
     write_pair(tmp_path / "train" / "a.npz", hr, lr, msi)
     ds = FusionDataset.from_folder(tmp_path, "train")
     item = ds[0]
-    assert item["name"] == "a" and item["min"] == pytest.approx(hr.min()) and item["max"] == pytest.approx(hr.max())
+    assert item["name"] == "a" and item["min"] == pytest.approx(lr.min()) and item["max"] == pytest.approx(lr.max())
     span = item["max"] - item["min"]
     np.testing.assert_allclose(item["lr_hsi"].numpy().transpose(1, 2, 0) * span + item["min"], lr, rtol=1e-5)
     scipy.io.savemat(tmp_path / "lr.mat", {"x": lr})

@@ -113,7 +113,7 @@ def time_forward(name, batch, label, backend, dtype_name, compiled, args, device
 
 
 def co_training_step(teacher, student, opt_t, opt_s, batch, impl, autocast):
-    """One online-distillation step (SPEC §4): teacher steps, then the student with detached teacher outputs."""
+    """One online-distillation step (docs/data.md): teacher steps, then the student with detached teacher outputs."""
     lr, msi, hr = batch
     weights = LossWeights()
     with autocast():

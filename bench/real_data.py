@@ -2,7 +2,7 @@
 on one region of two real AVIRIS scenes and scored on a held-out region of the same scenes, against bicubic
 upsampling and GSA fusion (csakd.baselines).
 
-    python bench/real_data.py                          # 8 minutes of online co-training (SPEC §4), then eval
+    python bench/real_data.py                          # 8 minutes of online co-training (docs/data.md), then eval
     python bench/real_data.py --mode student           # the student alone (reconstruction objective)
     python bench/real_data.py --minutes 1 --out /tmp/r.json
 
@@ -16,11 +16,11 @@ Split (`split_by="region"`): each 100x100 scene is cut into row strips, the top 
 40% held out for the test, with an 8-pixel guard band between them; every strip is one tile, normalised by its
 own min/max and degraded on its own with the paper's Wald protocol (`DegradationSpec()`: scale 4, Gaussian PSF
 std 3 HR px, Landsat TM bands 1-4 boxcar SRF, no noise). Training takes random 32x32 HR crops (8x8 LR) with
-flips/rot90 from the two training strips and adds AWGN at 35 dB to the LR-HSI (SPEC §4); the test is noise-free
+flips/rot90 from the two training strips and adds AWGN at 35 dB to the LR-HSI (docs/data.md); the test is noise-free
 on the whole held-out strips. No validation split: the networks are scored as they are when the time is up.
 
 Networks: the small CPU presets `student_tiny` / `teacher_tiny` with the demo's learning rate 1e-3, an
-honest small-CPU configuration, NOT the paper's (SPEC §4 gives that one's cost here). The training budget
+honest small-CPU configuration, NOT the paper's (a paper-size co-training step takes about a minute here). The training budget
 (--minutes) covers a 4-step timing run that sizes the learning-rate schedules, then training for the planned
 epochs or until the time is up, whichever comes first (checked at the end of each 8-step epoch; at least one
 epoch). The JSON records the steps done, the plan and the step times. The scenes are 100x100: far too little data for real training;
@@ -57,7 +57,7 @@ def parse_args(argv=None):
     p.add_argument("--minutes", type=float, default=8.0,
                    help="wall-clock training budget in minutes, timing run included (default 8)")
     p.add_argument("--mode", choices=("online", "student"), default="online",
-                   help="online: teacher and student co-trained with online distillation (SPEC §4); student: the "
+                   help="online: teacher and student co-trained with online distillation (docs/data.md); student: the "
                         "student alone with the reconstruction objective (default online)")
     p.add_argument("--crop", type=int, default=32, help="HR training crop side, a multiple of 4 (default 32)")
     p.add_argument("--batch", type=int, default=4, help="batch size (default 4)")

@@ -1,4 +1,4 @@
-"""Triton kernels of the fused CSA attention-and-gating (SPEC §2, §7.1).
+"""Triton kernels of the fused CSA attention-and-gating (the algebra of `csakd.ops.csa_algebra`, docs/csa.md).
 
 Per image b (C = nf channels, R = attn_dim, heads of D = R / heads, N = H·W pixels):
   logits  = blocks_D(Wq G Wkᵀ + (Wq s1) bkᵀ + bq (Wk s2 + N bk)ᵀ) / (N √D),  G = Σ_n x1 x2ᵀ, s_i = Σ_n x_i
@@ -6,28 +6,36 @@ Per image b (C = nf channels, R = attn_dim, heads of D = R / heads, N = H·W pix
   M, c    = Wo A Wv,  Wo A bv + bo                 so that att = M x3 + c + x4
   out     = Σ_k sigmoid(Wg [x1, x2, x3, att] + bg)_k · y_k,   y = (x1, x2, x3, att)
 
-Forward: `_gram_kernel` (one read of x1, x2: per-chunk partial G, s1, s2), `_mix_kernel` (one program per
-image: the tiny matrices), `_apply_kernel` (one read of x1..x4, one write of out).
+The per-image "stats" row that the kernels share is [G (C·C) | s1 (C) | s2 (C) | M (C·C) | c (C)]: the Gram pass
+(and its reduction) fills the first C·C + 2C, `_mix_kernel` the rest; `_apply_kernel` and `_grad_kernel` read M
+and c, `_mix_grad_kernel` reads G, s1, s2. A caller-given attention skips the first two steps: M and c are folded
+in PyTorch and written into the same row.
+
+Forward: `_gram_kernel` (one read of x1, x2: per-chunk partial [G | s1 | s2]), `_reduce_partials` (the chunks'
+partials summed in parallel: programs over tiles of the row, each summing every chunk's slice of its tile),
+`_mix_kernel` (one program per image: the tiny matrices, from one reduced row), `_apply_kernel` (one read of
+x1..x4, one write of out).
 Backward: `_grad_kernel` recomputes att and the gates from x1..x4 (no activations are saved: saving att would
 add a full-map write to the forward and remove no read here, since x3 and every y are read anyway), writes
 dx4 = datt, dx3 and either dx1, dx2 ("reference" mode) or the per-pixel gates and gate-logit grads (8 fp32 per
-pixel), and reduces dc = Σ datt, dWg, dbg per chunk; `_gram_kernel` run on (dx4, x3) reduces dM = Σ datt x3ᵀ
-(a second pass of two maps instead of a [CP, CP] fp32 accumulator live through the gradient pass's loop);
-`_mix_grad_kernel` turns those into the weight grads and dG, ds1, ds2 by the chain rule through the tiny
+pixel), and reduces per chunk the row [dc = Σ datt | dWg | dbg], which is the tail [dbo | dWg | dbg] of a
+weight-grad row; `_gram_kernel` run on (dx4, x3) reduces dM = Σ datt x3ᵀ (a second pass of two maps instead of a
+[CP, CP] fp32 accumulator live through the gradient pass's loop); `_reduce_partials` sums both kinds of partials;
+`_mix_grad_kernel` turns them into the weight grads and dG, ds1, ds2 by the chain rule through the tiny
 matrices; `_gram_grad_kernel` ("attention" mode) adds dG x2 + ds1 and dGᵀ x1 + ds2 to the gate terms of dx1,
 dx2 from one more read of x1, x2 and the output grad.
 Bytes per pixel in maps of C channels: forward 7 ("reference": 5), backward 14 + 64 B ("reference": 11).
 
 Tiles are [BLOCK, CP] (BLOCK pixels, channels padded to a power of two >= 16 and masked); pixel tiles are
 addressed by strides (sb, sc, sn) so NCHW and channels-last inputs both work without copies. Products run on
-tl.dot in the input dtype with fp32 accumulation (fp32 inputs: "ieee", no TF32). Reductions write one partial
-per (image, chunk) and are summed in a fixed order: results are deterministic.
+tl.dot in the input dtype with fp32 accumulation (fp32 inputs: "ieee", no TF32). Partials are summed in a fixed
+order (no atomics): results are bitwise reproducible.
 The Triton interpreter (CPU) multiplies bf16 tl.dot operands as raw 16-bit integers, so there the dot operand
 dtype DT is fp32 and operands are rounded to bf16 first: the same exact products and fp32 sums. Its fp32 ->
 bf16 cast truncates where a GPU rounds to nearest even, so there (RNE) `_cast` rounds on the bits. The
 interpreter also pays milliseconds per jit-function call, hence the few helpers inside the pixel loops.
 Module globals used inside kernels are tl.constexpr (the compiler rejects plain Python globals; the
-interpreter does not).
+interpreter does not). `n_bucket` arguments are unused by the kernels: they are the autotuner's key (kernels/csa.py).
 """
 from __future__ import annotations
 
@@ -128,12 +136,13 @@ def _block_softmax(P, scale, same, valid_row):
 # operand dtype DT (the input dtype, or fp32 for bf16 in the interpreter); XT is the input dtype, to which
 # dot operands computed here are rounded.
 
-@triton.jit
-def _gram_kernel(x1_ptr, x2_ptr, gram_part_ptr, sums_part_ptr, C, N, chunk, sb, sc, sn,
+@triton.jit(do_not_specialize=["n_bucket"])
+def _gram_kernel(x1_ptr, x2_ptr, part_ptr, row_stride, C, N, chunk, sb, sc, sn, n_bucket,
                  CP: tl.constexpr, PREC: tl.constexpr, DT: tl.constexpr, RNE: tl.constexpr, BLOCK: tl.constexpr):
-    """Partial Σ x1 x2ᵀ, Σ x1, Σ x2 over one chunk of one image's pixels."""
+    """The row [Σ x1 x2ᵀ | Σ x1 | Σ x2] (C·C + 2C) over one chunk of one image's pixels, at row
+    (image · chunks + chunk) of part_ptr (rows row_stride apart: one chunk per image writes the stats row)."""
     b = tl.program_id(1)
-    part = b * tl.num_programs(0) + tl.program_id(0)
+    row = part_ptr + (b * tl.num_programs(0) + tl.program_id(0)) * row_stride
     c = tl.arange(0, CP)
     cmask = c < C
     start, end = _chunk(N, chunk)
@@ -149,17 +158,32 @@ def _gram_kernel(x1_ptr, x2_ptr, gram_part_ptr, sums_part_ptr, C, N, chunk, sb, 
         acc = tl.dot(tl.trans(a), k, acc, input_precision=PREC)
         s1 += tl.sum(a.to(tl.float32), axis=0)
         s2 += tl.sum(k.to(tl.float32), axis=0)
-    _store_mat(gram_part_ptr + part * C * C, acc, c, c, C, C, C)
-    tl.store(sums_part_ptr + part * 2 * C + c, s1, mask=cmask)
-    tl.store(sums_part_ptr + part * 2 * C + C + c, s2, mask=cmask)
+    _store_mat(row, acc, c, c, C, C, C)
+    tl.store(row + C * C + c, s1, mask=cmask)
+    tl.store(row + C * C + C + c, s2, mask=cmask)
 
 
 @triton.jit
-def _mix_kernel(gram_part_ptr, sums_part_ptr, wq_ptr, bq_ptr, wk_ptr, bk_ptr, wv_ptr, bv_ptr, wo_ptr, bo_ptr,
-                stats_ptr, C, R, D, S, n_pix, scale,
+def _reduce_partials(part_ptr, out_ptr, S, L, out_stride, BLOCK_S: tl.constexpr, BLOCK_L: tl.constexpr):
+    """out[b, :L] = Σ_s part[b, s, :L] for part (B, S, L) contiguous and out rows out_stride apart. Grid
+    (tiles of L, B): each program sums its BLOCK_L columns over every s, BLOCK_S rows per load, in a fixed
+    order (deterministic)."""
+    b = tl.program_id(1)
+    cols = tl.program_id(0) * BLOCK_L + tl.arange(0, BLOCK_L)
+    rows = tl.arange(0, BLOCK_S)
+    acc = tl.zeros([BLOCK_S, BLOCK_L], tl.float32)
+    for s0 in range(0, S, BLOCK_S):
+        s = s0 + rows
+        mask = (s < S)[:, None] & (cols < L)[None, :]
+        acc += tl.load(part_ptr + (b * S + s[:, None]) * L + cols[None, :], mask=mask, other=0.0)
+    tl.store(out_ptr + b * out_stride + cols, tl.sum(acc, axis=0), mask=cols < L)
+
+
+@triton.jit
+def _mix_kernel(stats_ptr, wq_ptr, bq_ptr, wk_ptr, bk_ptr, wv_ptr, bv_ptr, wo_ptr, bo_ptr, C, R, D, n_pix, scale,
                 CP: tl.constexpr, RP: tl.constexpr, ATTENTION: tl.constexpr):
-    """One program per image: sums the S partials and writes the per-image stats row
-    [G (C·C) | M (C·C) | s1 (C) | s2 (C) | c (C)]; G, s1, s2 stay zero in "reference" mode."""
+    """One program per image: from G, s1, s2 of its stats row (the reduced Gram pass) writes M and c there;
+    in "reference" mode (no Gram pass) writes G, s1, s2 as zeros."""
     b = tl.program_id(0)
     c = tl.arange(0, CP)
     r = tl.arange(0, RP)
@@ -170,33 +194,29 @@ def _mix_kernel(gram_part_ptr, sums_part_ptr, wq_ptr, bq_ptr, wk_ptr, bk_ptr, wv
     wo = _mat(wo_ptr, c, r, C, R, R)
     bo = _vec(bo_ptr, c, C)
     same = _same_head(r, R, D)
-    G = tl.zeros([CP, CP], tl.float32)
-    s1 = tl.zeros([CP], tl.float32)
-    s2 = tl.zeros([CP], tl.float32)
     if ATTENTION:
-        for s in range(S):
-            part = b * S + s
-            G += _mat(gram_part_ptr + part * C * C, c, c, C, C, C)
-            s1 += _vec(sums_part_ptr + part * 2 * C, c, C)
-            s2 += _vec(sums_part_ptr + part * 2 * C + C, c, C)
+        G = _mat(stats, c, c, C, C, C)
+        s1 = _vec(stats + C * C, c, C)
+        s2 = _vec(stats + C * C + C, c, C)
         wq = _mat(wq_ptr, r, c, R, C, C)
         wk = _mat(wk_ptr, r, c, R, C, C)
         P, gwk, q1, k2 = _logits(G, s1, s2, wq, _vec(bq_ptr, r, R), wk, _vec(bk_ptr, r, R), n_pix)
         A = _block_softmax(P, scale, same, r < R)
     else:
         A = tl.where(same, 1.0, 0.0)
+        _store_mat(stats, tl.zeros([CP, CP], tl.float32), c, c, C, C, C)
+        tl.store(stats + C * C + c, tl.zeros([CP], tl.float32), mask=cmask)
+        tl.store(stats + C * C + C + c, tl.zeros([CP], tl.float32), mask=cmask)
     M = tl.dot(wo, tl.dot(A, wv, input_precision="ieee"), input_precision="ieee")
     cv = tl.sum(wo * tl.sum(A * bv[None, :], axis=1)[None, :], axis=1) + bo
-    _store_mat(stats, G, c, c, C, C, C)
-    _store_mat(stats + C * C, M, c, c, C, C, C)
-    tl.store(stats + 2 * C * C + c, s1, mask=cmask)
-    tl.store(stats + 2 * C * C + C + c, s2, mask=cmask)
+    _store_mat(stats + C * C + 2 * C, M, c, c, C, C, C)
     tl.store(stats + 2 * C * C + 2 * C + c, cv, mask=cmask)
 
 
-@triton.jit
+@triton.jit(do_not_specialize=["n_bucket"])
 def _apply_kernel(x1_ptr, x2_ptr, x3_ptr, x4_ptr, out_ptr, stats_ptr, wg_ptr, bg_ptr, C, N, chunk, sb, sc, sn,
-                  CP: tl.constexpr, PREC: tl.constexpr, DT: tl.constexpr, RNE: tl.constexpr, BLOCK: tl.constexpr):
+                  n_bucket, CP: tl.constexpr, PREC: tl.constexpr, DT: tl.constexpr, RNE: tl.constexpr,
+                  BLOCK: tl.constexpr):
     """out = Σ_k g_k y_k over one chunk of one image's pixels. x1..x3 are loaded again for the final sum (a
     cache hit) rather than kept live through the gate matmuls: fewer registers, no spills."""
     b = tl.program_id(1)
@@ -205,7 +225,7 @@ def _apply_kernel(x1_ptr, x2_ptr, x3_ptr, x4_ptr, out_ptr, stats_ptr, wg_ptr, bg
     cmask = c < C
     XT: tl.constexpr = x1_ptr.dtype.element_ty
     stats = stats_ptr + b * (2 * C * C + 3 * C)
-    mt = tl.trans(_cast(_mat(stats + C * C, c, c, C, C, C), XT, RNE).to(DT))
+    mt = tl.trans(_cast(_mat(stats + C * C + 2 * C, c, c, C, C, C), XT, RNE).to(DT))
     cv = _vec(stats + 2 * C * C + 2 * C, c, C)
     w1, w2, w3, w4 = _gate_weights(wg_ptr, k, c, C, XT, DT, RNE)
     bgv = _vec(bg_ptr, k, GATES)
@@ -230,24 +250,26 @@ def _apply_kernel(x1_ptr, x2_ptr, x3_ptr, x4_ptr, out_ptr, stats_ptr, wg_ptr, bg
 
 # ---------------------------------------------------------------- backward
 
-@triton.jit
+@triton.jit(do_not_specialize=["n_bucket"])
 def _grad_kernel(x1_ptr, x2_ptr, x3_ptr, x4_ptr, do_ptr, stats_ptr, wg_ptr, bg_ptr,
-                 dx1_ptr, dx2_ptr, dx3_ptr, dx4_ptr, gz_ptr, dc_part_ptr, dwg_part_ptr, dbg_part_ptr,
-                 C, N, chunk, sb, sc, sn,
+                 dx1_ptr, dx2_ptr, dx3_ptr, dx4_ptr, gz_ptr, part_ptr, row_stride,
+                 C, N, chunk, sb, sc, sn, n_bucket,
                  CP: tl.constexpr, PREC: tl.constexpr, DT: tl.constexpr, RNE: tl.constexpr,
                  ATTENTION: tl.constexpr, BLOCK: tl.constexpr):
     """Per pixel: dx4 = datt, dx3 and (reference mode) dx1, dx2, or (attention mode) the gates and gate-logit
-    grads into gz (B, 8, N); per chunk: partial dc = Σ datt (of the fp32 datt: the sum of its rounded copy dx4
-    would add that rounding's error to dbo and dbv), dWg = Σ dz yᵀ, dbg = Σ dz. (dM = Σ datt x3ᵀ is the Gram
-    kernel run on dx4 and x3.) Inputs are loaded again where used late, as in `_apply_kernel`."""
+    grads into gz (B, 8, N); per chunk, the row [dc | dWg | dbg] (C + 4·4C + 4, the layout of dbo, dWg, dbg in
+    a weight-grad row) at row (image · chunks + chunk) of part_ptr, rows row_stride apart: dc = Σ datt (of the
+    fp32 datt: the sum of its rounded copy dx4 would add that rounding's error to dbo and dbv), dWg = Σ dz yᵀ,
+    dbg = Σ dz. (dM = Σ datt x3ᵀ is the Gram kernel run on dx4 and x3.) Inputs are loaded again where used late,
+    as in `_apply_kernel`."""
     b = tl.program_id(1)
-    part = b * tl.num_programs(0) + tl.program_id(0)
+    row = part_ptr + (b * tl.num_programs(0) + tl.program_id(0)) * row_stride
     c = tl.arange(0, CP)
     k = tl.arange(0, GROWS)
     cmask = c < C
     XT: tl.constexpr = x1_ptr.dtype.element_ty
     stats = stats_ptr + b * (2 * C * C + 3 * C)
-    m = _cast(_mat(stats + C * C, c, c, C, C, C), XT, RNE).to(DT)
+    m = _cast(_mat(stats + C * C + 2 * C, c, c, C, C, C), XT, RNE).to(DT)
     cv = _vec(stats + 2 * C * C + 2 * C, c, C)
     w1, w2, w3, w4 = _gate_weights(wg_ptr, k, c, C, XT, DT, RNE)
     bgv = _vec(bg_ptr, k, GATES)
@@ -306,48 +328,27 @@ def _grad_kernel(x1_ptr, x2_ptr, x3_ptr, x4_ptr, do_ptr, stats_ptr, wg_ptr, bg_p
         acc_w2 = tl.dot(tl.trans(tl.load(x2_ptr + offs, mask=mask, other=0.0).to(DT)), dz_x, acc_w2,
                         input_precision=PREC)
         acc_b += tl.sum(dz, axis=0)
-    dwg = dwg_part_ptr + part * GATES * 4 * C
+    tl.store(row + c, acc_c, mask=cmask)
+    dwg = row + C
     _store_mat(dwg, tl.trans(acc_w1), k, c, GATES, C, 4 * C)
     _store_mat(dwg + C, tl.trans(acc_w2), k, c, GATES, C, 4 * C)
     _store_mat(dwg + 2 * C, tl.trans(acc_w3), k, c, GATES, C, 4 * C)
     _store_mat(dwg + 3 * C, tl.trans(acc_w4), k, c, GATES, C, 4 * C)
-    tl.store(dbg_part_ptr + part * GATES + k, acc_b, mask=k < GATES)
-    tl.store(dc_part_ptr + part * C + c, acc_c, mask=cmask)
+    tl.store(dwg + GATES * 4 * C + k, acc_b, mask=k < GATES)
 
 
 @triton.jit
-def _mix_grad_kernel(dm_part_ptr, dc_part_ptr, dwg_part_ptr, dbg_part_ptr, stats_ptr,
-                     wq_ptr, bq_ptr, wk_ptr, bk_ptr, wv_ptr, bv_ptr, wo_ptr, bo_ptr,
-                     dgram_ptr, dparams_ptr, C, R, D, S_M, S_W, n_pix, scale,
+def _mix_grad_kernel(dm_ptr, stats_ptr, wq_ptr, bq_ptr, wk_ptr, bk_ptr, wv_ptr, bv_ptr, wo_ptr, bo_ptr,
+                     dgram_ptr, dparams_ptr, C, R, D, n_pix, scale,
                      CP: tl.constexpr, RP: tl.constexpr, ATTENTION: tl.constexpr):
-    """One program per image: sums the chunk partials (dM: S_M of the Gram pass; dc, dWg, dbg: S_W of the
-    gradient pass) and back-propagates dM, dc through M = Wo A Wv, c = Wo A bv + bo, the block softmax and the
-    Gram-form logits. Writes this image's row of dparams (the
-    weight grads flattened in PARAM_NAMES order) and of dgram [dG (C·C) | ds1 (C) | ds2 (C)]."""
+    """One program per image: back-propagates dM (the first C·C of its row of dm_ptr, the reduced Gram pass over
+    (datt, x3)) and dc (= dbo, already in its dparams row with dWg and dbg) through M = Wo A Wv,
+    c = Wo A bv + bo, the block softmax and the Gram-form logits. Writes the rest of this image's dparams row
+    (the weight grads flattened in PARAM_NAMES order) and its row of dgram [dG (C·C) | ds1 (C) | ds2 (C)]."""
     b = tl.program_id(0)
     c = tl.arange(0, CP)
     r = tl.arange(0, RP)
-    k = tl.arange(0, GROWS)
     cmask = c < C
-    dM = tl.zeros([CP, CP], tl.float32)
-    dc = tl.zeros([CP], tl.float32)
-    dw1 = tl.zeros([GROWS, CP], tl.float32)
-    dw2 = tl.zeros([GROWS, CP], tl.float32)
-    dw3 = tl.zeros([GROWS, CP], tl.float32)
-    dw4 = tl.zeros([GROWS, CP], tl.float32)
-    dbg = tl.zeros([GROWS], tl.float32)
-    for s in range(S_M):
-        part = b * S_M + s
-        dM += _mat(dm_part_ptr + part * C * C, c, c, C, C, C)
-    for s in range(S_W):
-        part = b * S_W + s
-        dc += _vec(dc_part_ptr + part * C, c, C)
-        dwg = dwg_part_ptr + part * GATES * 4 * C
-        dw1 += _mat(dwg, k, c, GATES, C, 4 * C)
-        dw2 += _mat(dwg + C, k, c, GATES, C, 4 * C)
-        dw3 += _mat(dwg + 2 * C, k, c, GATES, C, 4 * C)
-        dw4 += _mat(dwg + 3 * C, k, c, GATES, C, 4 * C)
-        dbg += _vec(dbg_part_ptr + part * GATES, k, GATES)
 
     # offsets of wq, bq, wk, bk, wv, bv, wo, bo, wg, bg in a dparams row
     o_wk = R * C + R
@@ -355,6 +356,8 @@ def _mix_grad_kernel(dm_part_ptr, dc_part_ptr, dwg_part_ptr, dbg_part_ptr, stats
     o_wo = 3 * o_wk
     o_wg = o_wo + C * R + C
     out = dparams_ptr + b * (o_wg + 4 * GATES * C + GATES)
+    dM = _mat(dm_ptr + b * (C * C + 2 * C), c, c, C, C, C)
+    dc = _vec(out + o_wo + C * R, c, C)
 
     stats = stats_ptr + b * (2 * C * C + 3 * C)
     wv = _mat(wv_ptr, r, c, R, C, C)
@@ -363,8 +366,8 @@ def _mix_grad_kernel(dm_part_ptr, dc_part_ptr, dwg_part_ptr, dbg_part_ptr, stats
     same = _same_head(r, R, D)
     if ATTENTION:
         G = _mat(stats, c, c, C, C, C)
-        s1 = _vec(stats + 2 * C * C, c, C)
-        s2 = _vec(stats + 2 * C * C + C, c, C)
+        s1 = _vec(stats + C * C, c, C)
+        s2 = _vec(stats + C * C + C, c, C)
         wq = _mat(wq_ptr, r, c, R, C, C)
         bq = _vec(bq_ptr, r, R)
         wk = _mat(wk_ptr, r, c, R, C, C)
@@ -385,12 +388,6 @@ def _mix_grad_kernel(dm_part_ptr, dc_part_ptr, dwg_part_ptr, dbg_part_ptr, stats
     _store_mat(out + o_wv, dwv, r, c, R, C, C)
     tl.store(out + o_wv + R * C + r, dbv, mask=r < R)
     _store_mat(out + o_wo, dwo, c, r, C, R, R)
-    tl.store(out + o_wo + C * R + c, dc, mask=cmask)
-    _store_mat(out + o_wg, dw1, k, c, GATES, C, 4 * C)
-    _store_mat(out + o_wg + C, dw2, k, c, GATES, C, 4 * C)
-    _store_mat(out + o_wg + 2 * C, dw3, k, c, GATES, C, 4 * C)
-    _store_mat(out + o_wg + 3 * C, dw4, k, c, GATES, C, 4 * C)
-    tl.store(out + o_wg + 4 * GATES * C + k, dbg, mask=k < GATES)
 
     zero_rc = tl.zeros([RP, CP], tl.float32)
     zero_r = tl.zeros([RP], tl.float32)
@@ -422,9 +419,9 @@ def _mix_grad_kernel(dm_part_ptr, dc_part_ptr, dwg_part_ptr, dbg_part_ptr, stats
     tl.store(out + o_wk + R * C + r, dbk, mask=r < R)
 
 
-@triton.jit
+@triton.jit(do_not_specialize=["n_bucket"])
 def _gram_grad_kernel(x1_ptr, x2_ptr, do_ptr, gz_ptr, dgram_ptr, wg_ptr, dx1_ptr, dx2_ptr,
-                      C, N, chunk, sb, sc, sn,
+                      C, N, chunk, sb, sc, sn, n_bucket,
                       CP: tl.constexpr, PREC: tl.constexpr, DT: tl.constexpr, RNE: tl.constexpr, BLOCK: tl.constexpr):
     """Attention mode: dx1 = g0 dout + Wg1ᵀ dz + dG x2 + ds1, dx2 = g1 dout + Wg2ᵀ dz + dGᵀ x1 + ds2."""
     b = tl.program_id(1)

@@ -1,4 +1,4 @@
-"""Fused training losses (SPEC §3, §7.2): reconstruction, BEBA and SAM (and the student's reconstruction
+"""Fused training losses (docs/losses.md): reconstruction, BEBA and SAM (and the student's reconstruction
 against the teacher) from one read of `pred` and `target`, their gradient w.r.t. `pred` from one more read;
 the KD term (eq. 11) as its own small fused op. Registered as `torch.ops.csakd.*` custom ops with fake
 implementations and autograd, so they run under `torch.compile`. `csakd.losses` is the oracle.
@@ -12,26 +12,22 @@ same terms and the same gradient elements become NaN or Inf (a NaN in pred: rec,
 its pixel's spectrum; in target: also its whole band through the BEBA energy). A zero-norm spectrum has
 cos = 0 (SAM eps 1e-8 as in the reference); a band with zero energy divides by eps (BEBA eps).
 
-Without CUDA the kernels run in the Triton interpreter (set here before Triton is imported), on CPU tensors.
+The kernels run on CUDA tensors, or on CPU tensors in the Triton interpreter when TRITON_INTERPRET=1 was set
+before Triton was first imported (the test suite does); importing this module sets nothing.
 """
 from __future__ import annotations
 
 import math
-import os
 from collections.abc import Mapping
 from typing import Optional
 
 import torch
+from triton import knobs
 
-if not torch.cuda.is_available():
-    os.environ.setdefault("TRITON_INTERPRET", "1")
+from csakd._validate import check_float_tensor, check_same_shape
+from csakd.losses import FORMS, RECONSTRUCTION, LossWeights
 
-from triton import knobs  # noqa: E402
-
-from csakd._validate import check_float_tensor, check_same_shape  # noqa: E402
-from csakd.losses import FORMS, RECONSTRUCTION, LossWeights  # noqa: E402
-
-from . import losses_kernels as K  # noqa: E402
+from . import losses_kernels as K
 
 TERMS = ("rec", "beba", "sam", "teacher_rec", "total")
 DEFAULT_WEIGHTS = {"rec": 1.0, "beba": LossWeights.beba, "sam": LossWeights.sam,
@@ -187,7 +183,7 @@ def fusion_losses(pred: torch.Tensor, target: torch.Tensor, *, sam_form: str = "
                   rec: str = "smooth_l1", teacher_pred: torch.Tensor | None = None, weights=None,
                   check_finite: bool = False) -> dict[str, torch.Tensor]:
     """The terms "rec", "beba", "sam" (and "teacher_rec" = rec(pred, teacher_pred) when teacher_pred is given)
-    of SPEC §3 on (B, C, H, W) tensors, and "total" = Σ weight · term (weights: see `_resolve_weights`).
+    of docs/losses.md on (B, C, H, W) tensors, and "total" = Σ weight · term (weights: see `_resolve_weights`).
 
     Equal to csakd.losses' smooth_l1 / l1, beba_loss(form=beba_form, alpha, beta, eps) and
     sam_loss(form=sam_form); differentiable w.r.t. pred only.

@@ -1,4 +1,4 @@
-"""Triton kernels of the fused training losses (SPEC §3) and their launchers.
+"""Triton kernels of the fused training losses (docs/losses.md) and their launchers.
 
 Layout: a contiguous NCHW tensor is, in memory, B·C "bands" of HW consecutive values and, equally, B·HW
 "rows" of C consecutive values (the reference form's SAM spectra). Flat index f lies in band f // HW and in

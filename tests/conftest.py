@@ -1,8 +1,15 @@
 import os
 
-import pytest
 import torch
-from hypothesis import HealthCheck, settings
+
+# Without a GPU the Triton kernels run in the interpreter on CPU tensors. Triton decides that when a kernel is
+# defined (at import), and the kernel modules set nothing themselves, so it is set here, before any test module
+# imports Triton or csakd.
+if not torch.cuda.is_available():
+    os.environ.setdefault("TRITON_INTERPRET", "1")
+
+import pytest  # noqa: E402
+from hypothesis import HealthCheck, settings  # noqa: E402
 
 # Property tests: no per-example deadline (the Triton interpreter and first-call compilation are slow and
 # uneven); CI keeps the example counts modest, a GPU run ("gpu" profile) draws more and larger cases.

@@ -152,7 +152,7 @@ def _triton_csa():
         dtype = autocast_dtype(x1)
         if dtype is not None:
             x1, x2, x3, x4 = (x.to(dtype) for x in (x1, x2, x3, x4))
-        return csa_kernels.csa_fuse(x1, x2, x3, x4, params, mode, heads, **({} if attention is None else {'attention': attention}))  # TEMP until helper lands
+        return csa_kernels.csa_fuse(x1, x2, x3, x4, params, mode, heads, attention=attention)
 
     return csa
 

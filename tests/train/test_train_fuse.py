@@ -1,4 +1,5 @@
 """Tiled fusion: the scene-wide attention statistics, agreement with whole-image inference, bounded memory."""
+import copy
 import json
 import math
 import textwrap
@@ -86,6 +87,33 @@ def test_tiled_matches_whole_scene_to_45_db(csa):
         whole = model(torch.from_numpy(lr)[None], torch.from_numpy(msi)[None])[0].numpy()
     tiled = fuse_scene(model, lr, msi, tile=16, overlap=4)
     assert _psnr(tiled, whole) >= 45
+
+
+@pytest.mark.parametrize("backend", csakd.available_backends("cpu"))
+@pytest.mark.parametrize("csa", ["attention", "reference"])
+def test_tiled_matches_whole_scene_on_every_backend(csa, backend):
+    """The scene attention reaches every backend's CSA (the fused kernels take it as an argument)."""
+    model = _model(csa)
+    lr, msi = _inputs(32, 28)
+    with torch.no_grad():
+        whole = model(torch.from_numpy(lr)[None], torch.from_numpy(msi)[None])[0].numpy()
+    fast = csakd.create("student_tiny", bands=8, msi_bands=4, csa=csa, backend=backend, **NARROW).eval()
+    fast.load_state_dict(model.state_dict())
+    assert _psnr(fuse_scene(fast, lr, msi, tile=16, overlap=4), whole) >= 45
+
+
+@pytest.mark.parametrize("csa", ["attention", "reference"])
+def test_tiled_prepared_bf16_matches_the_fp32_whole_image(csa):
+    """A prepared bf16 model (the path `csakd fuse --precision bf16` runs) in tiles, against the fp32 module
+    path on the whole image: the suite's bf16 bound (relative L2 <= 8u, u = 2^-9, as tests/test_inference.py)."""
+    model = _model(csa)
+    lr, msi = _inputs(32, 28)
+    with torch.no_grad():
+        whole = model(torch.from_numpy(lr)[None], torch.from_numpy(msi)[None])[0].numpy()
+    prepared = copy.deepcopy(model).prepare(torch.bfloat16)
+    tiled = fuse_scene(prepared, lr, msi, tile=16, overlap=4)
+    rel = float(np.linalg.norm(tiled - whole) / np.linalg.norm(whole))
+    assert rel <= 8 * 2.0 ** -9, rel
 
 
 def test_scene_attention_is_what_makes_attention_tiles_agree():

@@ -15,6 +15,8 @@ _EXPORTS = {
 
 
 def __getattr__(name):
+    if name == "export":  # a callable module: csakd.export(model, path, format=...)
+        return importlib.import_module("csakd.export")
     if name in _EXPORTS:
         value = getattr(importlib.import_module(_EXPORTS[name]), name)
         globals()[name] = value
@@ -23,7 +25,7 @@ def __getattr__(name):
 
 
 def __dir__():
-    return sorted(set(globals()) | set(_EXPORTS))
+    return sorted(set(globals()) | set(_EXPORTS) | {"export"})
 
 
 def load(path, backend: str | None = None):
@@ -34,4 +36,4 @@ def load(path, backend: str | None = None):
 
 
 __all__ = ["DTSNet", "ModelConfig", "Student", "StudentLarge", "Teacher", "TeacherLarge", "available_backends",
-           "compile_for", "count_macs", "create", "get_backend", "load", "set_backend", "__version__"]
+           "compile_for", "count_macs", "create", "export", "get_backend", "load", "set_backend", "__version__"]

@@ -8,6 +8,12 @@ import torch
 if not torch.cuda.is_available():
     os.environ.setdefault("TRITON_INTERPRET", "1")
 
+# The checks behind backend "auto" cache their verdicts in the user's cache folder: tests keep theirs apart.
+if "CSAKD_CACHE_DIR" not in os.environ:
+    import tempfile
+
+    os.environ["CSAKD_CACHE_DIR"] = tempfile.mkdtemp(prefix="csakd-test-cache-")
+
 import pytest  # noqa: E402
 from hypothesis import HealthCheck, settings  # noqa: E402
 

@@ -29,7 +29,7 @@ from ..normalisation import Normalisation
 from .readers import read_cube
 from .scenes import cube_files, prepare_scene
 from .store import MANIFEST, read_pair
-from .tiling import check_fractions, plan_tiles
+from .tiling import check_fractions, cropping, plan_tiles
 
 IMAGE_KEYS = ("lr_hsi", "hr_msi", "hr_hsi")
 AUTO_CACHE_BYTES = 1 << 30
@@ -281,12 +281,14 @@ def _split_kwargs(split: str, crop, augment) -> dict:
 def cube_datasets(cubes, spec: DegradationSpec | None = None, channels=None, wavelengths=None, fwhm=None,
                   tile: int = 256, stride: int | None = None, split_by: str = "scene", fractions=None,
                   seed: int = 0, guard: int = 0, bad_bands: str = "error", crop: int | None = None,
-                  augment: bool = False, cache: bool | None = None, normalisation=None) -> dict:
+                  augment: bool = False, cache: bool | None = None, normalisation=None,
+                  whole_splits=("val", "test")) -> dict:
     """{split: FusionDataset} from scenes: a folder, or a list of paths, Cube objects or (H, W, C) arrays.
 
     Each scene goes through `prepare_scene` (channel selection, wavelengths, bad bands), is tiled by
     `plan_tiles` (tile, stride, split_by "scene"/"region"/"none", fractions, guard) and every tile is
-    normalised and degraded with `spec`. crop/augment apply to the "train" split only.
+    normalised and degraded with `spec`. crop/augment apply to the "train" split only. The regions of
+    `whole_splits` (held-out data) are single images, scored once per pixel (see `plan_tiles`).
     """
     spec = spec or DegradationSpec()
     if isinstance(cubes, (str, Path)) and Path(cubes).is_dir():
@@ -304,10 +306,11 @@ def cube_datasets(cubes, spec: DegradationSpec | None = None, channels=None, wav
     if len(set(names)) != len(names):
         names = [f"{n}_{i}" for i, n in enumerate(names)]
     tiles = plan_tiles([s.data.shape[:2] for s in scenes], names, tile=tile, stride=stride, scale=spec.scale,
-                       split_by=split_by, fractions=fractions, seed=seed, guard=guard)
+                       split_by=split_by, fractions=fractions, seed=seed, guard=guard, whole_splits=whole_splits)
     srfs = [spec.response(s.wavelengths, s.fwhm) for s in scenes]
     splits = ["all"] if split_by == "none" else list(check_fractions(fractions))
-    info = {"notes": [n for s in scenes for n in s.notes], "scenes": names}
+    info = {"notes": [n for s in scenes for n in s.notes] + cropping([s.data.shape[:2] for s in scenes], names,
+                                                                      tiles), "scenes": names}
     differ = [s.name for s in scenes[1:] if np.max(np.abs(s.wavelengths - scenes[0].wavelengths)) > 0.5]
     if differ:
         info["notes"].append(f"band centres of {differ} differ from {scenes[0].name}'s by more than 0.5 nm; each "

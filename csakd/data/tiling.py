@@ -68,11 +68,15 @@ def _tile_axis(start: int, length: int, tile: int, stride: int, scale: int) -> l
 
 
 def plan_tiles(shapes, names=None, tile: int = 256, stride: int | None = None, scale: int = 4,
-               split_by: str = "scene", fractions=None, seed: int = 0, guard: int = 0) -> list[Tile]:
+               split_by: str = "scene", fractions=None, seed: int = 0, guard: int = 0,
+               whole_splits=()) -> list[Tile]:
     """Tiles of scenes with (height, width) `shapes`, each assigned to a split.
 
     tile/stride: HR window side and step (stride defaults to the tile: no overlap). Scenes or strips
     smaller than the tile give one window, cropped to a multiple of `scale`.
+    whole_splits: splits whose regions are not tiled but kept whole (cropped to a multiple of `scale`): held-out
+    data is then scored once per pixel, every pixel (overlapping tiles would score some twice, the remainder of
+    the last tile none); evaluation fuses a large region in tiles itself. `cropping` reports what is dropped.
     split_by: "scene" (whole scenes per split, shuffled with `seed`), "region" (each scene cut into
     consecutive strips along its longer side, in the order of `fractions`, `guard` pixels dropped between
     strips) or "none" (every tile in split "all").
@@ -117,9 +121,32 @@ def plan_tiles(shapes, names=None, tile: int = 256, stride: int | None = None, s
 
     tiles = []
     for scene, split, top, left, h, w in regions:
+        if split in whole_splits:
+            th, tw = h // scale * scale, w // scale * scale
+            if th and tw:
+                whole = (top, left, th, tw) == (0, 0, *shapes[scene])
+                tiles.append(Tile(scene, names[scene] if whole else f"{names[scene]}_{split}", split, top, left,
+                                  th, tw))
+            continue
         for y, th in _tile_axis(top, h, tile, stride, scale):
             for x, tw in _tile_axis(left, w, tile, stride, scale):
                 whole = (y, x, th, tw) == (0, 0, *shapes[scene])
                 tiles.append(Tile(scene, names[scene] if whole else f"{names[scene]}_y{y}_x{x}", split, y, x,
                                   th, tw))
     return tiles
+
+
+def cropping(shapes, names, tiles: list[Tile]) -> list[str]:
+    """One line per scene saying how many of its rows and columns no tile uses (edges cropped to a multiple of
+    the scale or of the tile stride, guard bands between splits)."""
+    notes = []
+    for scene, ((h, w), name) in enumerate(zip(shapes, names)):
+        used = np.zeros((h, w), bool)
+        for t in tiles:
+            if t.scene == scene:
+                used[t.top:t.top + t.height, t.left:t.left + t.width] = True
+        rows, cols = int((~used.any(1)).sum()), int((~used.any(0)).sum())
+        if rows or cols:
+            notes.append(f"{name}: {rows} of {h} rows and {cols} of {w} columns are in no image (edges cropped to "
+                         f"a multiple of the scale or the tile grid, or guard bands)")
+    return notes

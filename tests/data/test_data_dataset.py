@@ -57,7 +57,13 @@ def test_cube_dataset_normalises_then_degrades():
     spec = DegradationSpec(srf_preset="landsat_tm_6")
     sets = cube_datasets([cube], spec=spec, wavelengths=wl, tile=32, split_by="region",
                          fractions={"train": 0.75, "test": 0.25})
-    assert len(sets["train"]) == 4 and len(sets["test"]) == 2  # strips of 72 and 24 rows (the latter one image)
+    # Strips of 72 and 24 rows: the training strip in 32-pixel tiles (8 rows in none), the held-out strip whole,
+    # so that every held-out pixel is scored once.
+    assert len(sets["train"]) == 4 and len(sets["test"]) == 1
+    assert sets["test"].samples[0].window == (72, 0, 24, 64)
+    assert sets["train"].info["notes"][-1].endswith("8 of 96 rows and 0 of 64 columns are in no image (edges "
+                                                    "cropped to a multiple of the scale or the tile grid, or "
+                                                    "guard bands)")
     for ds in sets.values():
         for item in ds:
             top, left, h, w = ds.samples[[s.name for s in ds.samples].index(item["name"])].window

@@ -63,7 +63,9 @@ def test_cube_file_with_bad_bands_and_region_split(tmp_path, capsys):
     assert manifest["source"]["files"][0]["sha256"]
     assert any("AVIRIS" in n for n in manifest["notes"])
     train, test = FusionDataset.from_folder(out, "train"), FusionDataset.from_folder(out, "test")
-    assert len(train) == 9 and len(test) == 3  # 51 train rows: 3 x 3 tiles; 13 test rows: 12-row images
+    # 51 train rows: 3 x 3 tiles of 16; 13 test rows: the held-out strip whole, cropped to 12 x 48 (scale 4)
+    assert len(train) == 9 and len(test) == 1 and test[0]["hr_hsi"].shape[1:] == (12, 48)
+    assert any("rows and 0 of 48 columns are in no image" in n for n in manifest["notes"])
     assert all(t["hr_hsi"].shape[0] == 172 for t in (train[0], test[0]))
     out_all = tmp_path / "all"
     assert main(["synth", "--source", str(tmp_path / "scene.npy"), "--out", str(out_all), "--channels", "all",

@@ -7,6 +7,7 @@ import time
 from pathlib import Path
 
 from ..train.checkpoint import resolve_model_file
+from ._common import check_output_path
 
 DEFAULT_SNRS = (25.0, 30.0, 35.0, 40.0, 45.0)
 
@@ -113,9 +114,10 @@ def run(args) -> int:
         methods.update(BASELINES)
     snrs = args.snrs if args.snr_sweep else None
     t0 = time.perf_counter()
+    out = check_output_path(args.out or Path("runs") / time.strftime("eval-%Y%m%d-%H%M%S"), "out", folder=True)
     results = evaluate_methods(methods, dataset, snrs=snrs, noise_on=args.noise_on, keep_predictions=args.figures,
-                               device=device, seed=args.seed)
-    out = Path(args.out) if args.out else Path("runs") / time.strftime("eval-%Y%m%d-%H%M%S")
+                               save_to=out / "predictions" if args.save_predictions else None, device=device,
+                               seed=args.seed)
     truths = ground_truths(dataset, args.figures)
     write_evaluation(results, out, truths, getattr(dataset, "wavelengths", None), figures=args.figures > 0,
                      extra={"checkpoint": str(args.checkpoint), "images": len(dataset), "noise_on": args.noise_on,
@@ -160,7 +162,11 @@ def register(subparsers) -> None:
     parser.add_argument("--seed", type=int, default=0, help="seed of the sweep's noise (default 0)")
     parser.add_argument("--figures", type=int, default=2,
                         help="images to draw comparison and spectra figures for (default 2; 0: no figures)")
-    parser.add_argument("--out", default=None, help="output folder (default runs/eval-<date>-<time>)")
+    parser.add_argument("--out", default=None,
+                        help="output folder, created with its missing parents (default runs/eval-<date>-<time>)")
+    parser.add_argument("--save-predictions", action="store_true",
+                        help="also write every prediction, in the data's units, to OUT/predictions/METHOD/NAME.npy "
+                             "(height x width x bands, as csakd fuse writes .npy)")
     parser.add_argument("--device", default="auto", help="cpu, cuda, cuda:N or auto (default auto)")
     parser.add_argument("--precision", choices=("auto", "fp32", "bf16", "fp16"), default="auto",
                         help="inference precision: fp32, or bf16/fp16 on the prepared inference path (default auto: "

@@ -129,7 +129,8 @@ class Product:
 
     def write(self, block: np.ndarray, window) -> None:
         top, left, h, w = window
-        block = Normalisation.undo(block, self.lo, self.hi)
+        # In float64, as evaluation de-normalises: the same pair gives the same numbers in both.
+        block = Normalisation.undo(block.astype(np.float64), self.lo, self.hi).astype(np.float32)
         if self.clip == "nonnegative":
             np.maximum(block, 0, out=block)
         missing = self._missing(top, left, h, w)

@@ -75,6 +75,10 @@ class DTSNet(nn.Module):
 
     def __init__(self, config: ModelConfig, backend: str | None = None, dtype=None):
         super().__init__()
+        if backend is not None:
+            from ..ops.backend import check_name  # late import: ops imports the models for its reference path
+
+            check_name(backend)
         self.config = config
         self.backend = backend
         self._inference_dtype = None if dtype is None else inference.check_dtype(dtype)

@@ -40,7 +40,7 @@ TRITON_DTYPES = (torch.float32, torch.bfloat16, torch.float16)
 _process_default: str | None = None
 
 
-def _check_name(name: str, arg: str = "backend") -> str:
+def check_name(name: str, arg: str = "backend") -> str:
     if name not in BACKENDS:
         raise ValueError(f"{arg}: expected one of {BACKENDS}, got {name!r}")
     return name
@@ -49,13 +49,13 @@ def _check_name(name: str, arg: str = "backend") -> str:
 def set_backend(name: str) -> None:
     """Process-wide default backend for models built with backend=None (overrides CSAKD_BACKEND)."""
     global _process_default
-    _process_default = _check_name(name)
+    _process_default = check_name(name)
 
 
 def get_backend() -> str:
     if _process_default is not None:
         return _process_default
-    return _check_name(os.environ.get("CSAKD_BACKEND", "auto"), "CSAKD_BACKEND")
+    return check_name(os.environ.get("CSAKD_BACKEND", "auto"), "CSAKD_BACKEND")
 
 
 @dataclass(frozen=True)
@@ -252,7 +252,7 @@ def _build(name: str, device: torch.device, dtype: torch.dtype, widths) -> Backe
 def resolve(backend: str | None, example: torch.Tensor, config=None) -> Backend:
     """The implementation set for `backend` (None: the process default) on `example`'s device and dtype.
     `config` (a ModelConfig) gives the widths at which "auto" checks the fast ops (default: the paper's)."""
-    name = _check_name(backend) if backend is not None else get_backend()
+    name = check_name(backend) if backend is not None else get_backend()
     device = example.device
     widths = None
     if name == "auto":

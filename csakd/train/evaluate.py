@@ -5,6 +5,7 @@ images up to that size), so an evaluated image and a fused file of the same pair
 AWGN on the inputs at a given SNR, for the robustness sweep of the paper's Table II."""
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Callable
 
 import numpy as np
@@ -56,12 +57,14 @@ def noisy_inputs(lr: torch.Tensor, msi: torch.Tensor, snr_db: float | None, nois
 
 
 def evaluate_dataset(method, dataset, device: torch.device | str = "cpu", amp: torch.dtype | None = None,
-                     snr_db: float | None = None, noise_on: str = "lr", seed: int = 0, keep_predictions: int = 0) -> dict:
+                     snr_db: float | None = None, noise_on: str = "lr", seed: int = 0, keep_predictions: int = 0,
+                     save_to=None) -> dict:
     """Scores `method` (a network, or a predictor function such as a baseline) on every item of `dataset`.
 
     Returns {"per_image": [{"name", metric: value, ...}], "mean": {metric: average}, "band_psnr": PSNR per
     band averaged over the images} and "predictions": the de-normalised (C, H, W) predictions of the first
-    `keep_predictions` items.
+    `keep_predictions` items. With `save_to` (a folder), every de-normalised prediction is also written there as
+    `<name>.npy` (H, W, bands, float32), the layout `csakd fuse` writes.
     """
     predict = network_predictor(method, device, amp) if isinstance(method, torch.nn.Module) else method
     rows, predictions, band_curves = [], [], []
@@ -77,6 +80,10 @@ def evaluate_dataset(method, dataset, device: torch.device | str = "cpu", amp: t
         band_curves.append(band_psnr(pred[0], hr[0]))
         if index < keep_predictions:
             predictions.append(pred[0].float().numpy())
+        if save_to is not None:
+            folder = Path(save_to)
+            folder.mkdir(parents=True, exist_ok=True)
+            np.save(folder / f"{rows[-1]['name']}.npy", pred[0].float().numpy().transpose(1, 2, 0))
     return {"per_image": rows, "mean": {k: float(np.mean([r[k] for r in rows])) for k in METRICS},
             "band_psnr": np.mean(band_curves, axis=0).tolist(), "predictions": predictions}
 
@@ -98,12 +105,13 @@ def ground_truths(dataset, count: int) -> list[np.ndarray]:
 
 
 def evaluate_methods(methods: dict, dataset, snrs=None, noise_on: str = "lr", keep_predictions: int = 2,
-                     **kwargs) -> dict:
+                     save_to=None, **kwargs) -> dict:
     """Every method on `dataset` (noise-free), plus mean metrics at each SNR of `snrs` when given:
     {name: {"per_image", "mean", "band_psnr", "predictions"[, "snr_sweep": {snr: mean metrics}]}}."""
     results = {}
     for name, method in methods.items():
-        results[name] = evaluate_dataset(method, dataset, keep_predictions=keep_predictions, **kwargs)
+        results[name] = evaluate_dataset(method, dataset, keep_predictions=keep_predictions,
+                                         save_to=None if save_to is None else Path(save_to) / name, **kwargs)
         if snrs:
             results[name]["snr_sweep"] = snr_sweep(method, dataset, snrs, noise_on, **kwargs)
     return results

@@ -1,7 +1,9 @@
-"""Peak memory of the streaming georeferenced path (csakd.data.geo): reads an LR-HSI and an HR-MSI GeoTIFF by
-tiles and writes the (bands, scale*h, scale*w) output GeoTIFF by tiles, with nearest upsampling of the LR tile
-as a cheap stand-in for the network. Reports the peak RSS against the sizes of the rasters: streaming should keep
-it near the import baseline + GDAL's block cache + a few tiles, however large the scene.
+"""Peak memory of streamed fusion: an LR-HSI and an HR-MSI GeoTIFF read by tiles and the (bands, scale*h, scale*w)
+product written by tiles, two ways: the I/O alone (csakd.data.geo, nearest upsampling of the LR tile as a cheap
+stand-in for the network) and `csakd fuse` itself (`csakd.cli.fuse.fuse_files`: the scene's value range and
+attention statistics in a first pass, then the network tile by tile; an untrained student_tiny at the rasters'
+band count, fp32 on the CPU: memory, not quality, is measured). Reports the peak RSS against the sizes of the
+rasters: streaming keeps it near the import baseline + GDAL's block cache + a few tiles, however large the scene.
 
 The synthetic pair is written into a temporary folder (removed afterwards). Each phase runs in its own process so
 that ru_maxrss, a high-water mark that never goes down, measures that phase alone. Results go to stdout as JSON,
@@ -9,6 +11,7 @@ and to --out only when given.
 
     python bench/geo_io_memory.py                        # HR 8192 x 8192 x 4, LR 2048 x 2048 x 32 (~10 GiB)
     python bench/geo_io_memory.py --hr-size 2048 --bands 16 --out /tmp/geo_io.json
+    python bench/geo_io_memory.py --no-network           # the I/O phase only (minutes instead of ~15)
 """
 from __future__ import annotations
 
@@ -99,10 +102,28 @@ def stream(folder: Path, tile: int) -> dict:
             "tracemalloc_peak_mib": mib(traced)}
 
 
+def fuse(folder: Path, bands: int, msi_bands: int, tile: int) -> dict:
+    import torch
+
+    import csakd
+    from csakd.cli.fuse import fuse_files
+
+    torch.manual_seed(0)
+    csakd.create("student_tiny", bands=bands, msi_bands=msi_bands).save(folder / "model.safetensors")
+    baseline = peak_rss_mb()  # python + numpy + torch + rasterio/GDAL + the model
+    start = time.perf_counter()
+    fuse_files(folder / "model.safetensors", folder / "lr.tif", folder / "msi.tif", folder / "fused_net.tif",
+               tile=tile, overlap=8, device="cpu", precision="fp32", backend="reference", progress=False)
+    return {"seconds": round(time.perf_counter() - start, 1), "tile_lr": tile, "overlap_lr": 8,
+            "network": "student_tiny (untrained), fp32, reference backend, CPU", "threads": torch.get_num_threads(),
+            "baseline_rss_mib": round(baseline, 1), "peak_rss_mib": round(peak_rss_mb(), 1),
+            "peak_rss_above_baseline_mib": round(peak_rss_mb() - baseline, 1)}
+
+
 def run_phase(args, phase: str, folder: Path) -> dict:
     command = [sys.executable, __file__, "--phase", phase, "--dir", str(folder), "--hr-size", str(args.hr_size),
                "--bands", str(args.bands), "--msi-bands", str(args.msi_bands), "--tile", str(args.tile),
-               "--gdal-cache-mb", str(args.gdal_cache_mb)]
+               "--gdal-cache-mb", str(args.gdal_cache_mb), "--network-tile", str(args.network_tile)]
     done = subprocess.run(command, check=True, stdout=subprocess.PIPE, text=True)  # errors show on stderr
     return json.loads(done.stdout.strip().splitlines()[-1])
 
@@ -126,7 +147,9 @@ def main(argv=None) -> dict | None:
                    help="GDAL block cache (GDAL_CACHEMAX); GDAL's default is 5%% of the RAM")
     p.add_argument("--tmpdir", default=None, help="where the temporary rasters go (default: the system's)")
     p.add_argument("--out", default=None, help="also write the JSON here")
-    p.add_argument("--phase", choices=("generate", "stream"), help=argparse.SUPPRESS)
+    p.add_argument("--network-tile", type=int, default=64, help="LR tile side of the network phase (csakd fuse's)")
+    p.add_argument("--no-network", action="store_true", help="skip the network phase (csakd fuse)")
+    p.add_argument("--phase", choices=("generate", "stream", "fuse"), help=argparse.SUPPRESS)
     p.add_argument("--dir", help=argparse.SUPPRESS)
     args = p.parse_args(argv)
     if args.hr_size % SCALE or args.hr_size < SCALE:
@@ -136,8 +159,12 @@ def main(argv=None) -> dict | None:
         import rasterio
 
         with rasterio.Env(GDAL_CACHEMAX=args.gdal_cache_mb):  # below 100000: MB to GDAL
-            result = (generate(Path(args.dir), args.hr_size, args.bands, args.msi_bands, args.tile)
-                      if args.phase == "generate" else stream(Path(args.dir), args.tile))
+            if args.phase == "generate":
+                result = generate(Path(args.dir), args.hr_size, args.bands, args.msi_bands, args.tile)
+            elif args.phase == "stream":
+                result = stream(Path(args.dir), args.tile)
+            else:
+                result = fuse(Path(args.dir), args.bands, args.msi_bands, args.network_tile)
         print(json.dumps(result))
         return None
 
@@ -145,6 +172,7 @@ def main(argv=None) -> dict | None:
         folder = Path(tmp)
         generated = run_phase(args, "generate", folder)
         streamed = run_phase(args, "stream", folder)
+        fused = None if args.no_network else run_phase(args, "fuse", folder)
         sizes = {name: raster_sizes(folder / f"{name}.tif") for name in ("lr", "msi", "fused")}
     import rasterio
 
@@ -152,7 +180,7 @@ def main(argv=None) -> dict | None:
         "benchmark": "geo_io_memory", "scale": SCALE, "tile_lr": args.tile, "tile_hr": SCALE * args.tile,
         "gdal_cachemax_mib": args.gdal_cache_mb, "rasters": sizes,
         "total_uncompressed_mib": round(sum(s["uncompressed_mib"] for s in sizes.values()), 1),
-        "generate": generated, "stream": streamed,
+        "generate": generated, "stream": streamed, "csakd_fuse": fused,
         # One LR tile, one MSI tile and one output tile in float32.
         "tile_arrays_mib": mib(4 * args.tile**2 * (args.bands + (args.msi_bands + args.bands) * SCALE**2)),
         "env": {"python": platform.python_version(), "numpy": np.__version__, "rasterio": rasterio.__version__,

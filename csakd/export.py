@@ -28,10 +28,8 @@ import hashlib
 import importlib.metadata
 import json
 import logging
-import os
 import platform
 import sys
-import tempfile
 import time
 import types
 import warnings
@@ -39,6 +37,8 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import torch
+
+from ._files import replace, temp_path
 
 FORMATS = {"onnx": ".onnx", "pt2": ".pt2"}
 INPUT_NAMES = ("lr_hsi", "hr_msi")
@@ -159,7 +159,7 @@ def export(model, path, format: str | None = None, *, opset: int | None = None, 
         samples = sample_inputs(reference.config)
         with torch.no_grad():
             expected = [reference(lr, msi) for lr, msi in samples]
-        tmp = _temp_path(path)
+        tmp = temp_path(path)
         if format == "onnx":
             info = _write_onnx(exported_model, tmp, opset)
         else:
@@ -174,10 +174,10 @@ def export(model, path, format: str | None = None, *, opset: int | None = None, 
                 f"{worst.lr_size[1]} (max abs error {worst.max_abs:.3g}); nothing written to {str(path)!r}")
         seconds = time.perf_counter() - start
         card = model_card(reference.config, path, format, backend, info, checks, seconds, tmp, source)
-        card_tmp = _temp_path(card_path(path))
+        card_tmp = temp_path(card_path(path))
         card_tmp.write_text(json.dumps(card, indent=2) + "\n")
-        _commit(tmp, path)
-        _commit(card_tmp, card_path(path))
+        replace(tmp, path, sync_folder=False)
+        replace(card_tmp, card_path(path))
     except BaseException:
         for leftover in (tmp, card_tmp):
             if leftover is not None:
@@ -186,7 +186,6 @@ def export(model, path, format: str | None = None, *, opset: int | None = None, 
             with contextlib.suppress(OSError):
                 folder.rmdir()
         raise
-    _fsync_folder(path.parent)
     return ExportResult(path, card_path(path), format, backend, info.get("opset"), checks, MAX_REL_L2, seconds,
                         card)
 
@@ -450,33 +449,6 @@ def _make_parents(folder: Path) -> list[Path]:
         f.mkdir()
         created.append(f)
     return created
-
-
-def _temp_path(path: Path) -> Path:
-    # In the destination folder, so that the final rename is atomic; the exporters write by name, so the
-    # descriptor is closed at once. The suffix keeps the real extension (torch.export.save requires .pt2).
-    fd, name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=f".tmp{path.suffix}", dir=path.parent)
-    os.close(fd)
-    return Path(name)
-
-
-def _commit(tmp: Path, path: Path) -> None:
-    # An existing file keeps its permissions; a new one gets rw-r--r-- (mkstemp makes rw-------).
-    mode = path.stat().st_mode & 0o777 if path.exists() else 0o644
-    with open(tmp, "rb") as f:
-        os.fsync(f.fileno())
-    os.chmod(tmp, mode)
-    os.replace(tmp, path)
-
-
-def _fsync_folder(folder: Path) -> None:
-    if os.name != "posix":
-        return
-    fd = os.open(folder, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 class _CallableModule(types.ModuleType):

@@ -2,12 +2,10 @@
 PyTorch checkpoints (their state-dict names, docs/faithfulness.md)."""
 from __future__ import annotations
 
-import contextlib
 import logging
 import os
 import pickle
 import re
-import tempfile
 from collections.abc import Mapping
 from pathlib import Path
 
@@ -16,13 +14,13 @@ from safetensors import SafetensorError, safe_open
 from safetensors.torch import load_file
 from safetensors.torch import save as safetensors_bytes
 
+from ._files import write_atomically
 from .models import DTSNet, ModelConfig, create, from_config
 
 logger = logging.getLogger(__name__)
 
 FORMAT = "csakd.model"
 FORMAT_VERSION = "1"
-_CHUNK = 1 << 24  # bytes per write call
 
 
 # ---- csakd's own checkpoints -------------------------------------------------------------------------------
@@ -38,7 +36,7 @@ def save_model(model: DTSNet, path) -> None:
     tensors = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
     metadata = {"format": FORMAT, "format_version": FORMAT_VERSION, "csakd_version": __version__,
                 "config": model.config.to_json()}
-    _atomic_write(Path(path), safetensors_bytes(tensors, metadata=metadata))
+    write_atomically(path, safetensors_bytes(tensors, metadata=metadata))
 
 
 def load_model(path, backend: str | None = None) -> DTSNet:
@@ -62,44 +60,6 @@ def load_model(path, backend: str | None = None) -> DTSNet:
     model = from_config(ModelConfig.from_json(metadata["config"]), backend=backend)
     _load_exact(model, tensors, source=str(path))
     return model
-
-
-def _atomic_write(path: Path, data: bytes) -> None:
-    folder = path.parent
-    if not folder.is_dir():
-        raise ValueError(f"path: expected a file in an existing folder, got {str(path)!r}")
-    # The existing file's permissions are kept; a new file gets the usual rw-r--r-- (mkstemp makes rw-------).
-    mode = path.stat().st_mode & 0o777 if path.exists() else 0o644
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=folder)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            _write_chunks(f, data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.chmod(tmp, mode)
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(tmp)
-        raise
-    _fsync_folder(folder)
-
-
-def _write_chunks(f, data: bytes) -> None:
-    view = memoryview(data)
-    for start in range(0, len(view), _CHUNK):
-        f.write(view[start:start + _CHUNK])
-
-
-def _fsync_folder(folder: Path) -> None:
-    """Makes the rename itself durable (POSIX; other systems have no directory handles to sync)."""
-    if os.name != "posix":
-        return
-    fd = os.open(folder, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 def _load_exact(model: torch.nn.Module, state: Mapping[str, torch.Tensor], source: str,

@@ -236,7 +236,7 @@ def test_an_interrupted_save_leaves_the_old_file_intact(tmp_path, monkeypatch, e
         f.write(memoryview(data)[: len(data) // 2])
         raise error
 
-    monkeypatch.setattr(io, "_write_chunks", write_half_then_fail)
+    monkeypatch.setattr(csakd._files, "_write_chunks", write_half_then_fail)
     with pytest.raises(type(error)):
         tiny(5).save(path)
     assert path.read_bytes() == before

@@ -7,7 +7,7 @@ import time
 from pathlib import Path
 
 from ..train.checkpoint import resolve_model_file
-from ._common import check_output_path
+from .._files import make_folder
 
 DEFAULT_SNRS = (25.0, 30.0, 35.0, 40.0, 45.0)
 
@@ -114,7 +114,7 @@ def run(args) -> int:
         methods.update(BASELINES)
     snrs = args.snrs if args.snr_sweep else None
     t0 = time.perf_counter()
-    out = check_output_path(args.out or Path("runs") / time.strftime("eval-%Y%m%d-%H%M%S"), "out", folder=True)
+    out = make_folder(args.out or Path("runs") / time.strftime("eval-%Y%m%d-%H%M%S"), "out")
     results = evaluate_methods(methods, dataset, snrs=snrs, noise_on=args.noise_on, keep_predictions=args.figures,
                                save_to=out / "predictions" if args.save_predictions else None, device=device,
                                seed=args.seed)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import time
 from pathlib import Path
 
-from ._common import check_output_path
+from .._files import output_file
 
 
 def _srf_for(checkpoint, lr) -> "object | None":
@@ -85,7 +85,7 @@ def fuse_files(checkpoint, lr_path, msi_path, out_path, network: str | None = No
         _check_units(lr, msi, msi_scale, s, _srf_for(checkpoint, lr))
         torch_device = pick_device(device)
         set_precision(model.to(torch_device), inference_dtype(precision, torch_device, auto="gpu-bf16"))
-        check_output_path(out_path, "out")
+        output_file(out_path, "out")
         shape = (cfg.bands, lr.shape[1] * s, lr.shape[2] * s)
         product = dict(lo=lo, hi=hi, clip=clip_policy(clip, lo_data), lr=lr, msi=msi, scale=s)
         if fmt == "npy":

@@ -280,7 +280,8 @@ def _new_config(args, overrides: dict):
 
 
 def run(args) -> int:
-    from ..train.checkpoint import find_checkpoint, make_folder
+    from .._files import make_folder
+    from ..train.checkpoint import find_checkpoint
     from ..train.trainer import Trainer
 
     overrides = overrides_from_args(args)

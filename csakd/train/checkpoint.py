@@ -13,48 +13,16 @@ from pathlib import Path
 
 import torch
 
+from .._files import fsync_folder, write_atomically
+
 NETWORKS = ("teacher", "student")
 STATE_FILE = "state.pt"
 
 
 def atomic_write_text(path, text: str) -> None:
-    """Writes `text` to a temporary file in the same folder, fsyncs it, then renames it over `path`."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w") as f:
-            f.write(text)
-            f.flush()
-            os.fsync(f.fileno())
-        os.chmod(tmp, 0o644)  # mkstemp makes rw------- files
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
-def make_folder(path, argument: str) -> Path:
-    """Creates the folder `path` and its missing parents; an existing folder must be writable. Errors name
-    `argument`, the option or parameter the path came from: "out: cannot create 'x' (Permission denied)"."""
-    path = Path(path)
-    try:
-        path.mkdir(parents=True, exist_ok=True)
-    except FileExistsError:
-        raise ValueError(f"{argument}: cannot create {str(path)!r} (a file of that name exists)") from None
-    except OSError as exc:
-        raise ValueError(f"{argument}: cannot create {str(path)!r} ({exc.strerror or exc})") from None
-    if not os.access(path, os.W_OK | os.X_OK):
-        raise ValueError(f"{argument}: cannot write in {str(path)!r} (Permission denied)")
-    return path
-
-
-def _fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
+    """Writes `text` to `path` atomically, making missing folders."""
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    write_atomically(path, text)
 
 
 def _old(path: Path) -> Path:
@@ -79,14 +47,14 @@ def write_checkpoint(path, models: dict, state: dict) -> Path:
             os.fsync(f.fileno())
         (tmp / "meta.json").write_text(json.dumps({"step": state.get("step"), "epoch": state.get("epoch"),
                                                    "batch": state.get("batch"), "networks": sorted(models)}))
-        _fsync_dir(tmp)
+        fsync_folder(tmp)
         old = _old(path)
         if old.exists():
             shutil.rmtree(old)
         if path.exists():
             os.replace(path, old)
         os.replace(tmp, path)
-        _fsync_dir(path.parent)
+        fsync_folder(path.parent)
         if old.exists():
             shutil.rmtree(old)
     except BaseException:

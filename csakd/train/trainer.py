@@ -24,7 +24,8 @@ from . import distributed, schedule
 from ..data import add_awgn
 from .batches import EpochSampler, TrainingView, check_batch, derive_seed, fit_crop, generator
 from .budget import TIMED_STEPS, CheckpointClock, StepTimer, describe_plan, make_plan
-from .checkpoint import atomic_write_text, find_checkpoint, load_weights_into, make_folder, read_state, \
+from .._files import make_folder
+from .checkpoint import atomic_write_text, find_checkpoint, load_weights_into, read_state, \
     resolve_model_file, write_checkpoint
 from .config import PAPER_CROP, TrainConfig
 from .data import image_sizes

@@ -123,4 +123,4 @@ def test_a_dataset_item_needs_a_key(scene, tmp_path, capsys):
 
 def test_an_output_folder_that_cannot_be_made_names_the_argument(scene, tmp_path, capsys):
     (tmp_path / "taken").write_text("a file where the output folder should be")
-    _refused(capsys, _fuse(scene, tmp_path / "taken" / "fused.tif"), "out: cannot create the folder")
+    _refused(capsys, _fuse(scene, tmp_path / "taken" / "fused.tif"), "out: cannot create", "taken")

@@ -42,3 +42,24 @@ def check_fusion_inputs(lr_hsi, hr_msi, bands: int, msi_bands: int, scale: int) 
     if hr_msi.dtype != lr_hsi.dtype or hr_msi.device != lr_hsi.device:
         raise ValueError(f"hr_msi: expected dtype {lr_hsi.dtype} on {lr_hsi.device} (as lr_hsi), "
                          f"got {hr_msi.dtype} on {hr_msi.device}")
+
+
+def check_triton_device(name: str, x, like, like_name: str, interpreted: bool) -> None:
+    """A fused kernel's tensor argument: on the device of `like` (the argument named `like_name`), and on a GPU
+    unless the Triton interpreter runs the kernels."""
+    if x.device != like.device:
+        raise ValueError(f"{name}: expected a tensor on {like.device} (as {like_name}), got {x.device}")
+    if x.device.type != "cuda" and not interpreted:
+        raise ValueError(f"{name}: expected a CUDA tensor (CPU tensors need TRITON_INTERPRET=1 set before Triton "
+                         f"is imported), got {x.device}")
+
+
+def from_known_keys(cls, d: dict):
+    """A dataclass config from a dict, refusing keys it does not know (a typo would otherwise be ignored)."""
+    import dataclasses
+
+    known = {f.name for f in dataclasses.fields(cls)}
+    unknown = set(d) - known
+    if unknown:
+        raise ValueError(f"config: unknown keys {sorted(unknown)}; expected a subset of {sorted(known)}")
+    return cls(**d)

@@ -32,7 +32,7 @@ import triton
 import triton.language as tl
 from triton import knobs
 
-from csakd._validate import check_float_tensor, check_same_shape
+from csakd._validate import check_float_tensor, check_same_shape, check_triton_device
 from csakd.models.csa import PARAM_NAMES, check_attention
 from csakd.ops.csa_algebra import fold
 
@@ -321,11 +321,7 @@ def _(x1, x2, x3, x4, m, c, wg, bg):
 # ---------------------------------------------------------------- public API
 
 def _check_device(name: str, x: torch.Tensor, like: torch.Tensor) -> None:
-    if x.device != like.device:
-        raise ValueError(f"{name}: expected a tensor on {like.device} (as x1), got {x.device}")
-    if x.device.type != "cuda" and not _INTERPRETED:
-        raise ValueError(f"{name}: expected a CUDA tensor (CPU tensors need TRITON_INTERPRET=1 set before Triton "
-                         f"is imported), got {x.device}")
+    check_triton_device(name, x, like, "x1", _INTERPRETED)
 
 
 def _param_shapes(C: int, R: int) -> dict[str, tuple[int, ...]]:

@@ -24,7 +24,7 @@ from typing import Optional
 import torch
 from triton import knobs
 
-from csakd._validate import check_float_tensor, check_same_shape
+from csakd._validate import check_float_tensor, check_same_shape, check_triton_device
 from csakd.losses import FORMS, RECONSTRUCTION, LossWeights
 
 from . import losses_kernels as K
@@ -169,11 +169,7 @@ def _resolve_weights(weights) -> list[float]:
 
 
 def _check_device(name: str, x: torch.Tensor, like: torch.Tensor) -> None:
-    if x.device != like.device:
-        raise ValueError(f"{name}: expected a tensor on {like.device} (as pred), got {x.device}")
-    if x.device.type != "cuda" and not _INTERPRETED:
-        raise ValueError(f"{name}: expected a CUDA tensor (CPU tensors need TRITON_INTERPRET=1 set before Triton "
-                         f"is imported), got {x.device}")
+    check_triton_device(name, x, like, "pred", _INTERPRETED)
     if not 0 < x.numel() <= _MAX_NUMEL:
         raise ValueError(f"{name}: expected between 1 and {_MAX_NUMEL} elements, got {x.numel()}")
 

@@ -6,6 +6,8 @@ import dataclasses
 import json
 from dataclasses import dataclass, field
 
+from .._validate import from_known_keys
+
 CSA_MODES = ("attention", "reference", "sum")
 BRANCHES = ("hm", "mh", "h", "m")
 
@@ -62,11 +64,7 @@ class ModelConfig:
 
     @classmethod
     def from_dict(cls, d: dict) -> "ModelConfig":
-        known = {f.name for f in dataclasses.fields(cls)}
-        unknown = set(d) - known
-        if unknown:
-            raise ValueError(f"config: unknown keys {sorted(unknown)}; expected a subset of {sorted(known)}")
-        return cls(**d)
+        return from_known_keys(cls, d)
 
     @classmethod
     def from_json(cls, text: str) -> "ModelConfig":

@@ -8,6 +8,7 @@ import json
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from .._validate import from_known_keys
 from ..losses import LossWeights
 from ..models.config import CSA_MODES, PRESETS
 
@@ -187,11 +188,7 @@ class TrainConfig:
 
     @classmethod
     def from_dict(cls, d: dict) -> "TrainConfig":
-        known = {f.name for f in dataclasses.fields(cls)}
-        unknown = set(d) - known
-        if unknown:
-            raise ValueError(f"config: unknown keys {sorted(unknown)}; expected a subset of {sorted(known)}")
-        return cls(**d)
+        return from_known_keys(cls, d)
 
     @classmethod
     def load(cls, path) -> "TrainConfig":

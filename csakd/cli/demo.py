@@ -18,6 +18,8 @@ from pathlib import Path
 
 import torch
 
+from .._files import make_folder
+
 
 @dataclass(frozen=True)
 class DemoSettings:
@@ -75,7 +77,7 @@ def run_demo(out_dir, settings: DemoSettings, progress: bool = True, log=print) 
     out = Path(out_dir)
     if out.exists() and any(out.iterdir()):
         raise ValueError(f"out: expected a new or empty folder, got {str(out)!r} with files in it")
-    out.mkdir(parents=True, exist_ok=True)
+    make_folder(out, "out")
     t_start = time.perf_counter()
     torch.manual_seed(s.seed)
 

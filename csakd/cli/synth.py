@@ -12,6 +12,8 @@ from pathlib import Path
 
 import numpy as np
 
+from .._files import make_folder
+
 from ..data.bands import AVIRIS_172_CHANNELS, AVIRIS_CHANNELS
 from ..data.dataset import cube_datasets, generated_datasets
 from ..data.degradation import BOUNDARIES, NOISE_TARGETS, SIGMA_KINDS, DegradationSpec
@@ -223,13 +225,13 @@ def _prepare_out(out: Path, overwrite: bool) -> None:
     manifest = out / MANIFEST
     if manifest.exists():
         if not overwrite:
-            raise ValueError(f"--out: {out} already holds a dataset ({MANIFEST}); pass --overwrite to replace it")
+            raise ValueError(f"out: {out} already holds a dataset ({MANIFEST}); pass --overwrite to replace it")
         old = json.loads(manifest.read_text())
         for split, names in old.get("splits", {}).items():
             for name in names:
                 (out / split / f"{name}.npz").unlink(missing_ok=True)
         manifest.unlink()
-    out.mkdir(parents=True, exist_ok=True)
+    make_folder(out, "out")
 
 
 def _fractions(args) -> dict:

@@ -77,6 +77,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     g.add_argument("--student", default=None, help=_preset_help("student"))
     g.add_argument("--csa", choices=("attention", "reference", "sum"), default=None,
                    help="CSA fusion mode of both networks (default 'attention')")
+    g.add_argument("--normalisation", default=None,
+                   help="value scaling of training, saved with the networks and applied by eval and fuse: "
+                        "'lr_range' (each image's LR-HSI min/max, the default) or 'fixed:LO,HI' (a physical range, "
+                        "e.g. fixed:0,10000 for reflectance x 10000; docs/data.md)")
     g.add_argument("--epochs", type=int, default=None,
                    help=f"epochs (default {DEFAULTS.epochs}; with --minutes, the most the budget may plan)")
     g.add_argument("--minutes", type=float, default=None,
@@ -159,7 +163,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                     help="BEBA loss form (default 'reference')")
 
 
-_FIELDS = {"mode": "mode", "teacher": "teacher", "student": "student", "csa": "csa", "epochs": "epochs",
+_FIELDS = {"mode": "mode", "teacher": "teacher", "student": "student", "csa": "csa",
+           "normalisation": "normalisation", "epochs": "epochs",
            "minutes": "minutes", "max_steps": "max_steps", "batch_size": "batch_size", "crop": "crop",
            "crops_per_image": "crops_per_image", "ckpt_minutes": "ckpt_minutes", "lr_teacher": "lr_teacher",
            "lr_student": "lr_student", "weight_decay": "weight_decay", "eta_min": "eta_min",

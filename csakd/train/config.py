@@ -9,6 +9,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from .._validate import from_known_keys
+from ..normalisation import Normalisation
 from ..losses import LossWeights
 from ..models.config import CSA_MODES, PRESETS
 
@@ -67,6 +68,7 @@ class TrainConfig:
     teacher: str = GPU_PRESETS[0]
     student: str = GPU_PRESETS[1]
     csa: str = "attention"
+    normalisation: str = "lr_range"
     bands: int = 172
     msi_bands: int = 4
     scale: int = 4
@@ -105,6 +107,7 @@ class TrainConfig:
         _choice("precision", self.precision, PRECISIONS)
         _choice("noise_on", self.noise_on, NOISE_TARGETS)
         _choice("csa", self.csa, CSA_MODES)
+        object.__setattr__(self, "normalisation", str(Normalisation.parse(self.normalisation)))
         for key in ("teacher", "student"):
             _choice(key, getattr(self, key), tuple(sorted(PRESETS)))
         for key in ("bands", "msi_bands", "scale", "epochs", "batch_size", "crops_per_image", "step_epochs"):

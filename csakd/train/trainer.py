@@ -65,7 +65,7 @@ def build_network(config: TrainConfig, network: str) -> torch.nn.Module:
     not depend on which other networks the mode builds."""
     torch.manual_seed(derive_seed(config.seed, 2, NETWORK_ID[network]))
     return create(getattr(config, network), bands=config.bands, msi_bands=config.msi_bands, scale=config.scale,
-                  csa=config.csa, backend=config.backend)
+                  csa=config.csa, backend=config.backend, normalisation=config.normalisation)
 
 
 def load_frozen_teacher(config: TrainConfig) -> torch.nn.Module:
@@ -94,6 +94,9 @@ class Trainer:
     def __init__(self, config: TrainConfig, train_set, val_set=None, run_dir=None, degradation: dict | None = None,
                  resume: bool = False, echo=_write):
         self.train_set, self.val_set, self.degradation, self.resumed = train_set, val_set, degradation, resume
+        for dataset in (train_set, val_set):  # the value scaling the networks are built with (saved in them)
+            if hasattr(dataset, "set_normalisation"):
+                dataset.set_normalisation(config.normalisation)
         device_type = "cuda" if config.device.startswith("cuda") or (
             config.device == "auto" and torch.cuda.is_available()) else "cpu"
         self.ctx = distributed.init(device_type)

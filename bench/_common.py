@@ -1,5 +1,6 @@
 """Shared helpers of the benchmark scripts: timing (median after warm-up, CUDA events on GPU), the device's
-measured ceilings, and the metadata every results JSON carries."""
+measured ceilings, the metadata every results JSON carries (for a CPU: its model, load and bf16 capability),
+memory figures of the running process, and fresh run folders for results."""
 from __future__ import annotations
 
 import json
@@ -16,6 +17,7 @@ import torch
 
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "bench" / "results"
+RUNS = ROOT / "runs"  # git-ignored: where results go unless --out names a file
 sys.path.insert(0, str(ROOT))  # benchmarks also run from a checkout that is not installed
 
 
@@ -24,8 +26,9 @@ def sync(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
-def time_fn(fn, device: torch.device, warmup: int = 5, iters: int = 20) -> dict:
-    """Median, min and spread of `fn()` in milliseconds after `warmup` untimed calls."""
+def time_fn(fn, device: torch.device, warmup: int = 5, iters: int = 20, keep_times: bool = False) -> dict:
+    """Median, min and spread of `fn()` in milliseconds after `warmup` untimed calls (and each time, in
+    "times_ms", with `keep_times`)."""
     for _ in range(warmup):
         fn()
     sync(device)
@@ -42,9 +45,14 @@ def time_fn(fn, device: torch.device, warmup: int = 5, iters: int = 20) -> dict:
             t0 = time.perf_counter()
             fn()
             times.append((time.perf_counter() - t0) * 1e3)
+    return summarize(times) | ({"times_ms": times} if keep_times else {})
+
+
+def summarize(times: list[float]) -> dict:
+    """Median, min, quartiles and count of times in milliseconds."""
     q = statistics.quantiles(times, n=4) if len(times) > 1 else [times[0]] * 3
     return {"median_ms": statistics.median(times), "min_ms": min(times), "p25_ms": q[0], "p75_ms": q[2],
-            "iters": iters}
+            "iters": len(times)}
 
 
 def measured_ceilings(device: torch.device) -> dict:
@@ -75,6 +83,28 @@ def git_commit() -> str | None:
         return os.environ.get("CSAKD_COMMIT")
 
 
+def cpu_model() -> str:
+    """The processor's model name (/proc/cpuinfo on Linux, else what `platform` knows)."""
+    try:
+        with open("/proc/cpuinfo", encoding="ascii", errors="replace") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    return line.partition(":")[2].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine() or "cpu"
+
+
+def cpu_info() -> dict:
+    """The CPU a run measured: model, logical cores, load averages at the time (a shared machine's load changes
+    the figures), and the bf16 capability csakd's `dtype="auto"` decides on."""
+    from csakd.inference.cpu import bf16_capability
+
+    load = os.getloadavg() if hasattr(os, "getloadavg") else None
+    return {"model": cpu_model(), "logical_cores": os.cpu_count(), "load_average_1_5_15": load,
+            "bf16": bf16_capability()}
+
+
 def environment(device: torch.device) -> dict:
     try:
         import triton
@@ -82,10 +112,11 @@ def environment(device: torch.device) -> dict:
         triton_version = triton.__version__
     except ImportError:
         triton_version = None
-    name = torch.cuda.get_device_name(device) if device.type == "cuda" else platform.processor() or "cpu"
+    name = torch.cuda.get_device_name(device) if device.type == "cuda" else cpu_model()
     return {
         "device": name,
         "device_type": device.type,
+        "cpu": cpu_info(),
         "cpu_threads": torch.get_num_threads(),
         "torch": torch.__version__,
         "triton": triton_version,
@@ -94,6 +125,48 @@ def environment(device: torch.device) -> dict:
         "commit": os.environ.get("CSAKD_COMMIT") or git_commit(),
         "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
     }
+
+
+def run_dir(name: str) -> Path:
+    """A fresh folder runs/bench-<name>-<UTC date>-<time>[-n]/ for a run's results: benchmarks write tracked
+    files (bench/results/) only when --out names them."""
+    stamp = datetime.now(timezone.utc).strftime("%Y%m%d-%H%M%S")
+    for n in range(1000):
+        path = RUNS / f"bench-{name}-{stamp}" if n == 0 else RUNS / f"bench-{name}-{stamp}-{n}"
+        try:
+            path.mkdir(parents=True)
+            return path
+        except FileExistsError:
+            continue
+    raise RuntimeError(f"no free run folder under {RUNS}")
+
+
+def rss_mb() -> float | None:
+    """This process's resident memory now, in MiB (Linux /proc; None elsewhere)."""
+    try:
+        with open("/proc/self/statm", encoding="ascii") as f:
+            return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2 ** 20
+    except (OSError, ValueError):
+        return None
+
+
+def peak_rss_mb() -> float | None:
+    """This process's peak resident memory so far, in MiB: VmHWM of /proc/self/status on Linux (the high-water
+    mark of this program's own memory; getrusage's ru_maxrss would also count the parent's resident memory at
+    the fork that started it), getrusage elsewhere (bytes on macOS)."""
+    try:
+        with open("/proc/self/status", encoding="ascii") as f:
+            for line in f:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) / 2 ** 10
+    except (OSError, ValueError):
+        pass
+    try:
+        import resource
+    except ImportError:
+        return None
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return peak / 2 ** 20 if sys.platform == "darwin" else peak / 2 ** 10
 
 
 def write_json(path: str | os.PathLike, payload: dict) -> Path:

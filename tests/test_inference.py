@@ -21,10 +21,14 @@ if not torch.cuda.is_available():
 
 import csakd  # noqa: E402
 from csakd import ops  # noqa: E402
+from csakd.inference import cpu  # noqa: E402
+from csakd.inference.precision import inference_dtype  # noqa: E402
+from csakd.inference.tiled import fuse_scene  # noqa: E402
 from csakd.models import CSAFusion, count_macs, create, csa_reference  # noqa: E402
-from csakd.ops.csa_algebra import csa_folded, fold_csa_params  # noqa: E402
+from csakd.ops.csa_algebra import AttentionStats, attention_from_stats, csa_folded, fold_csa_params  # noqa: E402
 
 DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
+MKLDNN = torch.backends.mkldnn.is_available()
 FAST = [b for b in ops.available_backends(DEVICE) if b != "reference"]
 UNIT_ROUNDOFF = {torch.bfloat16: 2.0 ** -9, torch.float16: 2.0 ** -12}
 BANDS, MSI = 8, 3
@@ -94,17 +98,19 @@ def test_folded_csa_matches_the_reference_csa(mode):
     torch.testing.assert_close(csa_folded(*xs, prepared, mode, 4), ref, rtol=1e-5, atol=1e-5)
 
 
+@pytest.mark.parametrize("channels_last", [None, False])  # on a CPU: its channels-last form, and the NCHW one
 @pytest.mark.parametrize("pad", [False, True])
 @pytest.mark.parametrize("csa", ["attention", "reference", "sum"])
-def test_fp32_prepared_path_matches_reference(csa, pad):
+def test_fp32_prepared_path_matches_reference(csa, pad, channels_last):
     model = _model(csa=csa, **ODD)
     lr, msi = _inputs()
     ref, f_ref = _reference(model, lr, msi)
-    model.prepare(torch.float32, pad=pad)
+    model.prepare(torch.float32, pad=pad, channels_last=channels_last)
     with torch.inference_mode():
         out, fused = model(lr, msi, return_features=True)
     prep = model._prepared
     assert prep is not None and prep.pad == pad and prep.dtype == torch.float32
+    assert prep.layout == ("nhwc" if DEVICE == "cpu" and channels_last is None and MKLDNN else "nchw")
     if pad:  # dense branches at 32 channels, the grouped h branch at its own 20
         assert prep.branches["mh"].stem[0].shape[0] == 32 and prep.branches["h"].stem[0].shape[0] == 20
         assert prep.head[0].shape[1] == 32
@@ -114,10 +120,11 @@ def test_fp32_prepared_path_matches_reference(csa, pad):
     torch.testing.assert_close(fused, f_ref, rtol=1e-5, atol=1e-6)
 
 
+@pytest.mark.parametrize("channels_last", [None, False])
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
 @pytest.mark.parametrize("preset,csa", [("student_tiny", "attention"), ("student_tiny", "reference"),
                                         ("teacher_tiny", "attention")])
-def test_low_precision_matches_fp32_reference(preset, csa, dtype):
+def test_low_precision_matches_fp32_reference(preset, csa, dtype, channels_last):
     if reason := _supported(dtype):
         pytest.skip(reason)
     model = _model(preset, csa, **ODD)
@@ -125,6 +132,7 @@ def test_low_precision_matches_fp32_reference(preset, csa, dtype):
     lr, msi = _inputs(batch=batch)
     ref, f_ref = _reference(model, lr, msi)
     model.inference_dtype = dtype
+    model.channels_last = channels_last
     model.eval()
     with torch.inference_mode():
         out, fused = model(lr, msi, return_features=True)
@@ -133,6 +141,148 @@ def test_low_precision_matches_fp32_reference(preset, csa, dtype):
     err = _assert_within_roundoff(out, ref, dtype)
     _assert_within_roundoff(fused, f_ref, dtype, "fused features")
     assert err > 0.1 * UNIT_ROUNDOFF[dtype]  # it really computed in the low precision
+
+
+@pytest.mark.parametrize("pad", [False, True])
+@pytest.mark.parametrize("csa", ["attention", "reference", "sum"])
+def test_cpu_channels_last_bf16_matches_fp32_reference(csa, pad):
+    """The CPU form in bf16 (channels-last, residual scales folded into the convolutions) against the fp32
+    module path: the bf16 bounds."""
+    if not MKLDNN:
+        pytest.skip("the CPU form needs oneDNN (torch built with MKLDNN)")
+    model = _model(csa=csa, **ODD).cpu()
+    lr, msi = (x.cpu() for x in _inputs())
+    ref, f_ref = _reference(model, lr, msi)
+    model.prepare(torch.bfloat16, pad=pad)
+    with torch.inference_mode():
+        out, fused_features = model(lr, msi, return_features=True)
+    assert model._prepared.layout == "nhwc" and model._prepared.dtype == torch.bfloat16
+    err = _assert_within_roundoff(out, ref, torch.bfloat16)
+    _assert_within_roundoff(fused_features, f_ref, torch.bfloat16, "fused features")
+    assert err > 0.1 * UNIT_ROUNDOFF[torch.bfloat16]
+
+
+def _conv_inputs(model, lr, msi):
+    """(op name, input, output) of every convolution a forward of `model` runs."""
+    from torch.utils._python_dispatch import TorchDispatchMode
+
+    seen = []
+
+    class Record(TorchDispatchMode):
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            out = func(*args, **(kwargs or {}))
+            if "conv" in func.__name__:
+                seen.append((func.__name__, args[0], out))
+            return out
+
+    with torch.inference_mode(), Record():
+        result = model(lr, msi)
+    return seen, result
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_cpu_form_keeps_every_activation_channels_last(dtype):
+    """Every convolution of the CPU form reads and writes channels-last tensors in the compute dtype (no layout
+    round trip and no cast around any of them), the query/key features stay channels-last, and the output comes
+    back in the inputs' dtype and memory format."""
+    if not MKLDNN:
+        pytest.skip("the CPU form needs oneDNN (torch built with MKLDNN)")
+    model = _model(**ODD).cpu().prepare(dtype)
+    lr, msi = (x.cpu() for x in _inputs(lr=6))
+    convs, out = _conv_inputs(model, lr, msi)
+    assert len(convs) >= 20
+    for name, x, y in convs:
+        assert x.dtype == dtype and y.dtype == dtype, name
+        assert x.is_contiguous(memory_format=torch.channels_last) and not x.is_contiguous(), name
+        assert y.is_contiguous(memory_format=torch.channels_last) and not y.is_contiguous(), name
+    assert out.dtype == torch.float32 and out.is_contiguous()  # NCHW in, NCHW out
+    cl = torch.channels_last
+    with torch.inference_mode():
+        x1, x2 = model.query_key_features(lr, msi)
+        out_cl, fused = model(lr.to(memory_format=cl), msi.to(memory_format=cl), return_features=True)
+    assert x1.is_contiguous(memory_format=cl) and x2.is_contiguous(memory_format=cl)
+    assert out_cl.is_contiguous(memory_format=cl) and fused.is_contiguous(memory_format=cl)
+    assert torch.equal(out_cl, out)
+
+
+def test_cpu_form_takes_a_given_attention_and_runs_tiled():
+    """Tiled fusion's hooks on the CPU form: the attention computed from `query_key_features` statistics, given
+    back through `attention=`, gives the forward's own result; a scene fused in tiles stays within the bf16
+    bound of the fp32 module path fused in the same tiles; all of it on models built under
+    torch.inference_mode()."""
+    if not MKLDNN:
+        pytest.skip("the CPU form needs oneDNN (torch built with MKLDNN)")
+    with torch.inference_mode():
+        model = _model(**ODD).cpu().eval()
+        prepared = _model(**ODD).cpu()
+        prepared.prepare(torch.bfloat16)
+    lr, msi = (x.cpu() for x in _inputs(batch=1, lr=10))
+    with torch.inference_mode():
+        x1, x2 = prepared.query_key_features(lr, msi)
+        attention = attention_from_stats(AttentionStats.of(x1, x2, torch.float64), prepared.csa.params(),
+                                         prepared.csa.heads).float()
+        own, given = prepared(lr, msi), prepared(lr, msi, attention=attention)
+        whole = model(lr, msi)
+    assert prepared._prepared.layout == "nhwc"
+    torch.testing.assert_close(given, own, rtol=0, atol=1e-6 * own.abs().max().item())
+    _assert_within_roundoff(own, whole, torch.bfloat16)
+    tiles = [fuse_scene(m, lr[0].numpy(), msi[0].numpy(), tile=6, overlap=2) for m in (prepared, model)]
+    _assert_within_roundoff(*(torch.from_numpy(t)[None] for t in tiles), torch.bfloat16, "tiled output")
+
+
+def _native(monkeypatch, flags=(), avx512_bf16=False, amx=False, mkldnn=True):
+    """Pretend this CPU has `flags` in /proc/cpuinfo and these answers from torch's own probes."""
+    monkeypatch.setattr(cpu, "_cpuinfo_flags", lambda: frozenset(flags))
+    monkeypatch.setattr(torch.cpu, "_is_avx512_bf16_supported", lambda: avx512_bf16, raising=False)
+    monkeypatch.setattr(torch.cpu, "_is_amx_tile_supported", lambda: amx, raising=False)
+    monkeypatch.setattr(torch.backends.mkldnn, "is_available", lambda: mkldnn)
+
+
+@pytest.mark.parametrize("case,expected", [
+    (dict(flags={"avx512f", "avx512_bf16"}), torch.bfloat16),             # Zen 4, Cooper Lake
+    (dict(flags={"avx512f", "amx_tile", "amx_bf16"}), torch.bfloat16),    # Sapphire Rapids and later
+    (dict(avx512_bf16=True), torch.bfloat16),                             # no /proc/cpuinfo: torch's probe
+    (dict(flags={"avx512f", "avx2", "fma"}), torch.float32),              # AVX-512 without bf16: emulated
+    (dict(flags={"avx2", "fma"}), torch.float32),
+    (dict(flags={"avx512_bf16"}, mkldnn=False), torch.float32),           # no oneDNN in this torch
+])
+def test_auto_dtype_is_bf16_only_where_the_cpu_has_native_bf16(case, expected, monkeypatch):
+    _native(monkeypatch, **case)
+    cpu_device = torch.device("cpu")
+    assert cpu.auto_dtype(cpu_device) == expected
+    assert inference_dtype("auto", cpu_device, auto="native-bf16") == expected
+    assert inference_dtype("auto", cpu_device, auto="gpu-bf16") == torch.float32  # csakd fuse's rule, unchanged
+    model = create("student_tiny", bands=BANDS, msi_bands=MSI, dtype="auto", **ODD).eval()
+    assert model.inference_precision == "auto" and model.inference_dtype == expected
+    lr, msi = _inputs(batch=1)
+    ref, _ = _reference(model, lr.cpu(), msi.cpu())
+    model.prepare()  # keeps "auto"
+    assert model._prepared.dtype == expected and model.inference_precision == "auto"
+    assert model._prepared.layout == ("nhwc" if case.get("mkldnn", True) else "nchw")
+    out = _infer(model, lr.cpu(), msi.cpu())
+    if expected == torch.float32:
+        torch.testing.assert_close(out, ref, rtol=1e-5, atol=1e-6)
+    else:
+        _assert_within_roundoff(out, ref, expected)
+    assert model.prepare("auto")._prepared is model._prepared  # nothing changed: nothing rebuilt
+
+
+def test_the_cpu_form_runs_only_where_it_is_meant_to():
+    """The channels-last form is for the reference backend on a CPU in fp32/bf16; CUDA (whatever
+    `channels_last` says), fp16, explicit fast backends and channels_last=False keep the NCHW form."""
+    from csakd.ops.backend import REFERENCE as ref, Backend
+
+    fast = Backend("cuda", parts={"clrb": "cuda", "csa": "reference", "losses": "reference"})
+    cuda = torch.device("cuda")
+    cpu_device = torch.device("cpu")
+    expected = "nhwc" if MKLDNN else "nchw"
+    assert cpu.layout(cpu_device, torch.bfloat16, ref, None) == expected
+    assert cpu.layout(cpu_device, torch.float32, ref, True) == expected
+    assert cpu.layout(cpu_device, torch.bfloat16, ref, False) == "nchw"
+    assert cpu.layout(cpu_device, torch.float16, ref, None) == "nchw"
+    assert cpu.layout(cpu_device, torch.bfloat16, fast, None) == "nchw"
+    for channels_last in (None, True, False):
+        assert cpu.layout(cuda, torch.bfloat16, ref, channels_last) == "nchw"
 
 
 def test_drop_in_student_in_bf16():

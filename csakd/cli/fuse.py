@@ -84,7 +84,7 @@ def fuse_files(checkpoint, lr_path, msi_path, out_path, network: str | None = No
         check_fuse_inputs(model, lr_in, msi_in, tile, overlap)
         _check_units(lr, msi, msi_scale, s, _srf_for(checkpoint, lr))
         torch_device = pick_device(device)
-        set_precision(model.to(torch_device), inference_dtype(precision, torch_device, auto="gpu-bf16"))
+        set_precision(model.to(torch_device), inference_dtype(precision, torch_device, auto="native-bf16"))
         output_file(out_path, "out")
         shape = (cfg.bands, lr.shape[1] * s, lr.shape[2] * s)
         product = dict(lo=lo, hi=hi, clip=clip_policy(clip, lo_data), lr=lr, msi=msi, scale=s)
@@ -190,7 +190,8 @@ def register(subparsers) -> None:
     parser.add_argument("--device", default="auto", help="cpu, cuda, cuda:N or auto (default auto)")
     parser.add_argument("--precision", choices=("auto", "fp32", "bf16", "fp16"), default="auto",
                         help="inference precision: fp32, or bf16/fp16 on the prepared inference path (default auto: "
-                             "bf16 on a GPU, fp32 on a CPU)")
+                             "bf16 where the device computes it natively: a GPU, or a CPU with AVX-512 BF16 or AMX; "
+                             "else fp32)")
     parser.add_argument("--backend", default=None,
                         help="kernels: reference, triton, cuda or auto (default: the process default)")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")

@@ -10,12 +10,18 @@ _DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 
 
 def inference_dtype(precision: str, device: torch.device, auto: str) -> torch.dtype:
-    """The compute dtype for `precision` on `device`; "auto" means `auto` ("fp32", or "gpu-bf16": bf16 on a GPU
-    that supports it, else fp32)."""
+    """The compute dtype for `precision` on `device`; "auto" means `auto`: "fp32"; "gpu-bf16" (bf16 on a GPU that
+    supports it, else fp32); or "native-bf16" (bf16 wherever the device computes it natively: such a GPU, or a
+    CPU with AVX-512 BF16 or AMX; else fp32; the rule of `DTSNet(dtype="auto")`, see
+    `csakd.inference.cpu.auto_dtype`)."""
     if precision not in PRECISIONS:
         raise ValueError(f"precision: expected one of {PRECISIONS}, got {precision!r}")
     if precision != "auto":
         return _DTYPES[precision]
+    if auto == "native-bf16":
+        from .cpu import auto_dtype
+
+        return auto_dtype(device)
     if auto == "gpu-bf16" and device.type == "cuda" and torch.cuda.is_bf16_supported():
         return torch.bfloat16
     return torch.float32

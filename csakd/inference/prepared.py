@@ -17,6 +17,11 @@ Parameters created under `torch.inference_mode()` have no version counter: they 
 Zero padding is exact: padded output channels have zero weights and bias, so they stay zero through every
 LReLU and residual, and padded input channels meet zero weight columns. Only the dense (groups = 1) branches
 are padded; a grouped branch (the student's h branch) runs at its own width and its output is zero-padded.
+
+On a CPU (reference backend, fp32 or bf16) the path runs in its channels-last form (`csakd.inference.cpu`):
+weights prepared channels-last with the CLRB residual scales folded into the last convolutions, activations
+channels-last throughout, oneDNN's fused convolutions. `dtype="auto"` is bf16 where the device computes it
+natively (a GPU with bf16, a CPU with AVX-512 BF16 or AMX), else fp32 (`csakd.inference.cpu.auto_dtype`).
 """
 from __future__ import annotations
 
@@ -29,6 +34,7 @@ import torch.nn.functional as F
 
 from ..models.blocks import SLOPE
 from ..ops.csa_algebra import csa_folded, fold_csa_params
+from . import cpu
 
 DTYPES = (torch.float32, torch.bfloat16, torch.float16)
 _ALIASES = {"float32": torch.float32, "fp32": torch.float32, "float": torch.float32,
@@ -37,14 +43,22 @@ _ALIASES = {"float32": torch.float32, "fp32": torch.float32, "float": torch.floa
 PAD_MULTIPLE = 16
 
 
-def check_dtype(dtype) -> torch.dtype:
-    """torch.float32/bfloat16/float16 or one of their names ('fp32', 'bf16', 'fp16', ...); else ValueError."""
+def check_dtype(dtype) -> torch.dtype | str:
+    """torch.float32/bfloat16/float16 or one of their names ('fp32', 'bf16', 'fp16', ...), or "auto" (kept as
+    "auto": see `resolve_dtype`); else ValueError."""
+    if isinstance(dtype, str) and dtype.lower() == "auto":
+        return "auto"
     if isinstance(dtype, str) and dtype.lower().removeprefix("torch.") in _ALIASES:
         return _ALIASES[dtype.lower().removeprefix("torch.")]
     if isinstance(dtype, torch.dtype) and dtype in DTYPES:
         return dtype
     raise ValueError(f"dtype: expected one of torch.float32, torch.bfloat16, torch.float16 (or 'fp32', 'bf16', "
-                     f"'fp16'), got {dtype!r}")
+                     f"'fp16', 'auto'), got {dtype!r}")
+
+
+def resolve_dtype(dtype: torch.dtype | str, device: torch.device) -> torch.dtype:
+    """The compute dtype a checked `dtype` means on `device` ("auto": `csakd.inference.cpu.auto_dtype`)."""
+    return cpu.auto_dtype(device) if dtype == "auto" else dtype
 
 
 def _round_up(n: int, multiple: int) -> int:
@@ -79,7 +93,8 @@ class PreparedBranch:
 
 @dataclass
 class Prepared:
-    """Weights of one model prepared for one (dtype, device, padding); `key` None marks them stale."""
+    """Weights of one model prepared for one (dtype, device, padding, layout); `key` None marks them stale.
+    `layout` "nhwc" is the CPU form (`csakd.inference.cpu`): channels-last weights, residual scales folded."""
 
     dtype: torch.dtype
     device: torch.device
@@ -91,6 +106,7 @@ class Prepared:
     source: tuple[torch.Tensor, ...] = ()   # the parameters it was built from
     key: tuple | None = None                # their autograd version counters then
     refreshes: int = field(default=0)
+    layout: str = "nchw"
 
     def tensors(self) -> list[torch.Tensor]:
         out = []
@@ -119,14 +135,15 @@ def _is_current(prep: Prepared) -> bool:
             and _versions(params) == prep.key)
 
 
-def build(model, dtype: torch.dtype, pad: bool) -> Prepared:
-    """Prepares `model`'s weights (on the parameters' device) for the inference path."""
+def build(model, dtype: torch.dtype, pad: bool, layout: str = "nchw") -> Prepared:
+    """Prepares `model`'s weights (on the parameters' device) for the inference path in `layout`."""
     cfg = model.config
     nf, gc = cfg.nf, cfg.gc
     nf_p, gc_p = (_round_up(nf, PAD_MULTIPLE), _round_up(gc, PAD_MULTIPLE)) if pad else (nf, gc)
     modules = tuple(model.modules())
     params = tuple(_parameters(modules))
     device = params[0].device
+    nhwc = layout == "nhwc"
     # Plain tensors even when called under torch.inference_mode(): they can be refreshed in place later.
     with torch.inference_mode(False), torch.no_grad():
         branches = {}
@@ -139,15 +156,19 @@ def build(model, dtype: torch.dtype, pad: bool) -> Prepared:
             clras = []
             for clra in branch.clras:
                 blocks = []
-                for block in clra.blocks:
+                scales = cpu.residual_scales(len(clra.blocks)) if nhwc else [1.0] * len(clra.blocks)
+                for block, scale in zip(clra.blocks, scales):
                     weights, biases = [], []
                     for k, c in enumerate(block.convs()):
                         out = (gc, grow) if k < 4 else (nf, width)
                         ins = [(nf, width)] + [(gc, grow)] * k if dense else None
-                        weights.append(_pad(c.weight, dtype, out, ins))
-                        biases.append(_pad(c.bias, dtype, out))
-                    blocks.append((weights, biases))
+                        s = scale if k == 4 else 1.0  # scaled in fp32, rounded once to `dtype`
+                        weights.append(_pad(c.weight * s, dtype, out, ins))
+                        biases.append(_pad(c.bias * s, dtype, out))
+                    blocks.append(([cpu.to_nhwc(w) for w in weights] if nhwc else weights, biases))
                 clras.append(blocks)
+            if nhwc:
+                stem = (cpu.to_nhwc(stem[0]), stem[1])
             branches[name] = PreparedBranch(stem, clras, groups, nf_p - width)
         csa = {}
         if model.csa.mode != "sum":
@@ -159,18 +180,23 @@ def build(model, dtype: torch.dtype, pad: bool) -> Prepared:
                       "bo": _pad(p["bo"], f32, (nf, nf_p)), "wg": _pad(p["wg"], f32, ins=[(nf, nf_p)] * 4),
                       "bq": p["bq"], "bk": p["bk"], "bv": p["bv"], "bg": p["bg"]}
             csa = fold_csa_params(padded, model.csa.mode, model.csa.heads, dtype)
+            if nhwc:
+                csa.update(cpu.gate_params(csa, dtype))
         head = (_pad(model.fuse.weight, dtype, ins=[(nf, nf_p)]), _pad(model.fuse.bias, dtype),
                 _pad(model.last.weight, dtype))
-    return Prepared(dtype, device, pad, branches, csa, head, modules, params, _versions(params))
+        if nhwc:
+            head = (cpu.to_nhwc(head[0]), head[1], cpu.to_nhwc(head[2]))
+    return Prepared(dtype, device, pad, branches, csa, head, modules, params, _versions(params), layout=layout)
 
 
-def prepared(model, dtype: torch.dtype, pad: bool) -> Prepared:
-    """The model's prepared weights for (dtype, pad), built or refreshed if any parameter changed."""
+def prepared(model, dtype: torch.dtype, pad: bool, layout: str = "nchw") -> Prepared:
+    """The model's prepared weights for (dtype, pad, layout), built or refreshed if any parameter changed."""
     prep = model._prepared
-    if prep is not None and prep.dtype == dtype and prep.pad == pad and _is_current(prep):
+    same = prep is not None and (prep.dtype, prep.pad, prep.layout) == (dtype, pad, layout)
+    if same and _is_current(prep):
         return prep
-    fresh = build(model, dtype, pad)
-    if prep is not None and prep.dtype == dtype and prep.pad == pad and prep.device == fresh.device:
+    fresh = build(model, dtype, pad, layout)
+    if same and prep.device == fresh.device:
         old, new = prep.tensors(), fresh.tensors()
         if len(old) == len(new) and all(a.shape == b.shape for a, b in zip(old, new)):
             with torch.inference_mode(False), torch.no_grad():  # same buffers: captured graphs stay valid
@@ -193,16 +219,17 @@ def current(model, device: torch.device):
     """(backend, prepared weights) of `model`'s inference path on `device`, the weights refreshed if stale."""
     from .. import ops
 
-    dtype = model.inference_dtype
+    dtype = resolve_dtype(model._inference_dtype, device)
     impl = ops.resolve(model.backend, torch.empty(0, dtype=dtype, device=device), model.config)
     pad = model.pad_channels if model.pad_channels is not None else default_pad(device, dtype, impl)
-    return impl, prepared(model, dtype, pad)
+    return impl, prepared(model, dtype, pad, cpu.layout(device, dtype, impl, getattr(model, "channels_last", None)))
 
 
-def _parts(model, device: torch.device, attention=None):
+def _parts(model, impl, prep: Prepared, attention=None):
     """(branch, csa, head) of `csakd.models.network.dts_forward` on the prepared weights, in their dtype."""
-    impl, prep = current(model, device)
     dtype, mode, heads = prep.dtype, model.csa.mode, model.csa.heads
+    if prep.layout == "nhwc":
+        return cpu.parts(prep, mode, heads, attention)
     # With no fused CSA kernel, the folded PyTorch form: the same function, fewer per-pixel passes.
     csa_fn = impl.csa if impl.parts["csa"] != "reference" else csa_folded
 
@@ -232,24 +259,47 @@ def _autocast_off(device: torch.device):
     return contextlib.nullcontext()
 
 
+def _memory_format(x: torch.Tensor) -> torch.memory_format:
+    """The layout PyTorch's own convolutions would give an output computed from `x`."""
+    if x.is_contiguous(memory_format=torch.channels_last) and not x.is_contiguous():
+        return torch.channels_last
+    return torch.contiguous_format
+
+
+def _inputs(prep: Prepared, *xs: torch.Tensor):
+    """The inputs as the prepared form reads them: in the CPU form channels-last and already in the compute
+    dtype, so that the interpolations and concatenations of the wiring run in that layout and dtype (in bf16
+    they write half the bytes, and ATen's fp32 bilinear upsampling of channels-last images is single-threaded);
+    elsewhere as given (the stems cast)."""
+    if prep.layout != "nhwc":
+        return xs
+    return tuple(x.to(prep.dtype, memory_format=torch.channels_last) for x in xs)
+
+
 def forward(model, lr_hsi: torch.Tensor, hr_msi: torch.Tensor, return_features: bool = False, attention=None):
-    """`DTSNet.forward` on prepared weights, in `model.inference_dtype` (interpolations in the inputs' dtype);
-    returns the output (and the fused features) in the inputs' dtype."""
+    """`DTSNet.forward` on prepared weights, in `model.inference_dtype` (interpolations in the inputs' dtype, in
+    the compute dtype in the CPU form); returns the output (and the fused features) in the inputs' dtype (and
+    in the CPU form, in their memory format)."""
     from ..models.network import dts_forward
 
+    impl, prep = current(model, lr_hsi.device)
+    # The CPU form hands back the layout it was given; the NCHW form keeps whatever its convolutions returned.
+    dtype, fmt = lr_hsi.dtype, _memory_format(hr_msi) if prep.layout == "nhwc" else torch.preserve_format
     with _autocast_off(lr_hsi.device):
-        hr_hsi, fused = dts_forward(lr_hsi, hr_msi, *_parts(model, lr_hsi.device, attention))
-    hr_hsi = hr_hsi.to(lr_hsi.dtype)
+        hr_hsi, fused = dts_forward(*_inputs(prep, lr_hsi, hr_msi), *_parts(model, impl, prep, attention))
+    hr_hsi = hr_hsi.to(dtype, memory_format=fmt)
     if not return_features:
         return hr_hsi
-    return hr_hsi, fused[:, :model.config.nf].to(lr_hsi.dtype)
+    return hr_hsi, fused[:, :model.config.nf].to(dtype, memory_format=fmt)
 
 
 def query_key_features(model, lr_hsi: torch.Tensor, hr_msi: torch.Tensor):
-    """`DTSNet.query_key_features` on prepared weights (nf channels, the prepared dtype)."""
+    """`DTSNet.query_key_features` on prepared weights (nf channels, the prepared dtype; channels-last in the
+    CPU form)."""
     from ..models.network import query_key_features as wiring
 
+    impl, prep = current(model, lr_hsi.device)
     with _autocast_off(lr_hsi.device):
-        x1, x2 = wiring(lr_hsi, hr_msi, _parts(model, lr_hsi.device)[0])
+        x1, x2 = wiring(*_inputs(prep, lr_hsi, hr_msi), _parts(model, impl, prep)[0])
     nf = model.config.nf
     return x1[:, :nf], x2[:, :nf]

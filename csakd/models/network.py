@@ -63,11 +63,13 @@ class DTSNet(nn.Module):
     `backend` picks the implementation of the CLRAs and the CSA through `csakd.ops` (None: the process-wide
     default, see `csakd.set_backend`); parameters and results are the same on every backend.
 
-    `dtype` (torch.float32, torch.bfloat16 or torch.float16; None: off) turns on the prepared inference path:
-    in eval mode with gradients off (`torch.inference_mode()` or `torch.no_grad()`), the forward casts the
+    `dtype` (torch.float32, torch.bfloat16 or torch.float16, "auto"; None: off) turns on the prepared inference
+    path: in eval mode with gradients off (`torch.inference_mode()` or `torch.no_grad()`), the forward casts the
     inputs to `dtype`, runs the network on weights prepared once for that dtype (see `prepare`) through the
-    chosen backend, and returns the output (and features) in the inputs' dtype. Training mode, or any forward
-    with gradients on, runs the module path on the parameters in the inputs' dtype, as without `dtype`.
+    chosen backend, and returns the output (and features) in the inputs' dtype. "auto" is bf16 where the
+    parameters' device computes it natively (a GPU with bf16; a CPU with AVX-512 BF16 or AMX), else fp32.
+    Training mode, or any forward with gradients on, runs the module path on the parameters in the inputs'
+    dtype, as without `dtype`.
 
     `attention` (mode "attention" only; (1 or B, heads, d, d)) replaces the attention computed from the
     inputs: tiled fusion passes the attention of the whole scene (see `csakd.inference.tiled`).
@@ -83,6 +85,7 @@ class DTSNet(nn.Module):
         self.backend = backend
         self._inference_dtype = None if dtype is None else inference.check_dtype(dtype)
         self.pad_channels: bool | None = None  # prepared path: None pads where it pays (see `prepare`)
+        self.channels_last: bool | None = None  # prepared path on a CPU: None runs the channels-last form
         self._prepared: inference.Prepared | None = None
         c, m, nf, gc = config.bands, config.msi_bands, config.nf, config.gc
         d_hm, d_mh, d_h, d_m = config.depths
@@ -143,7 +146,15 @@ class DTSNet(nn.Module):
 
     @property
     def inference_dtype(self) -> torch.dtype | None:
-        """The compute dtype of the prepared inference path (None: off)."""
+        """The compute dtype of the prepared inference path on the parameters' device (None: off); set it to a
+        dtype, its name or "auto" (see `inference_precision`)."""
+        if self._inference_dtype is None:
+            return None
+        return inference.resolve_dtype(self._inference_dtype, next(self.parameters()).device)
+
+    @property
+    def inference_precision(self) -> torch.dtype | str | None:
+        """What was asked for: a dtype, "auto" (resolved per device by `inference_dtype`), or None."""
         return self._inference_dtype
 
     @inference_dtype.setter
@@ -152,18 +163,22 @@ class DTSNet(nn.Module):
         if dtype is None:
             self._prepared = None
 
-    def prepare(self, dtype=None, pad: bool | None = None) -> "DTSNet":
-        """Turns on the prepared inference path in `dtype` (default: the one set, else float32), prepares the
-        weights now for the parameters' device, and returns the model (in eval mode).
+    def prepare(self, dtype=None, pad: bool | None = None, channels_last: bool | None = None) -> "DTSNet":
+        """Turns on the prepared inference path in `dtype` (default: the one set, else float32; "auto": bf16
+        where the device computes it natively, else fp32), prepares the weights now for the parameters' device,
+        and returns the model (in eval mode).
 
         Prepared weights: the parameters cast to `dtype`, CSA weights folded (`csakd.models.csa.csa_folded`),
         and with `pad` the dense branches zero-padded to multiples of 16 channels (86 -> 96, 43 -> 48) for
-        tensor cores; `pad=None` pads on CUDA in bf16/fp16 when the CLRAs run through cuDNN. They are rebuilt
-        when any parameter changes (see `csakd.inference.prepared`); `invalidate_prepared()` forces that.
+        tensor cores; `pad=None` pads on CUDA in bf16/fp16 when the CLRAs run through cuDNN. On a CPU, fp32 and
+        bf16 run in the channels-last form (`csakd.inference.cpu`) unless `channels_last=False`. They are
+        rebuilt when any parameter changes (see `csakd.inference.prepared`); `invalidate_prepared()` forces
+        that.
         """
         if dtype is not None or self._inference_dtype is None:
             self.inference_dtype = dtype if dtype is not None else torch.float32
         self.pad_channels = pad
+        self.channels_last = channels_last
         self.eval()
         inference.current(self, next(self.parameters()).device)
         return self

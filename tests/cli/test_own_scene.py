@@ -44,10 +44,11 @@ def test_the_readme_runs_as_written_on_a_georeferenced_sentinel2_scene(tmp_path)
         np.testing.assert_allclose(product.wavelengths, lr.wavelengths, atol=0.01)
         np.testing.assert_allclose(lr.wavelengths, np.linspace(400, 900, 150), atol=0.05)
 
-    # Evaluation and fusion of the same pair give the same numbers: one scaling, one tiled forward.
+    # Evaluation and fusion of the same pair at the same precision give the same numbers: one scaling, one
+    # tiled forward.
     (item,) = sorted((tmp_path / "my-data" / "test").glob("*.npz"))
     _run("csakd eval --checkpoint my-run --data my-data --split test --figures 0 --save-predictions --out same-eval"
          " && csakd fuse --checkpoint my-run --lr-hsi {0} --lr-key lr_hsi --hr-msi {0} --msi-key hr_msi --clip none"
-         " --out same.npy --no-progress".format(item), tmp_path)
+         " --precision fp32 --out same.npy --no-progress".format(item), tmp_path)  # eval's precision
     evaluated = np.load(tmp_path / "same-eval" / "predictions" / "student" / f"{item.stem}.npy")
     np.testing.assert_array_equal(np.load(tmp_path / "same.npy"), evaluated)

@@ -18,8 +18,10 @@ import pytest  # noqa: E402
 from hypothesis import HealthCheck, settings  # noqa: E402
 
 # Property tests: no per-example deadline (the Triton interpreter and first-call compilation are slow and
-# uneven); CI keeps the example counts modest, a GPU run ("gpu" profile) draws more and larger cases.
-settings.register_profile("ci", deadline=None, max_examples=25,
+# uneven); CI keeps the example counts modest and draws the same examples every run (a change, not the luck of
+# the draw, decides whether it lands; failing draws found by exploring are kept as explicit @example cases),
+# a GPU run ("gpu" profile) draws more and larger cases, fresh each time.
+settings.register_profile("ci", deadline=None, max_examples=25, derandomize=True,
                           suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
 settings.register_profile("gpu", deadline=None, max_examples=100,
                           suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])

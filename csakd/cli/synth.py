@@ -7,6 +7,7 @@ import argparse
 import hashlib
 import json
 import sys
+import time
 from datetime import datetime, timezone
 from pathlib import Path
 
@@ -85,10 +86,11 @@ def register(subparsers) -> argparse.ArgumentParser:
         description=__doc__ + "\nEvery degradation choice is explicit and saved as spec.json beside the data.",
         epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
     src = p.add_argument_group("source")
-    src.add_argument("--source", default=None,
-                     help="(required) 'generated' (synthetic scenes, no download), a cube file (.npy .npz .mat .h5 "
+    src.add_argument("--source", default="generated",
+                     help="'generated' (synthetic scenes made here, the default), a cube file (.npy .npz .mat .h5 "
                           ".tif ENVI .hdr/.img) or a folder of cube files")
-    src.add_argument("--out", type=Path, default=None, help="(required) output folder")
+    src.add_argument("--out", type=Path, default=None,
+                     help="output folder, created with its missing parents (default runs/synth-<date>-<time>)")
     src.add_argument("--count", type=_positive_int, default=8, help="generated: number of scenes (default 8)")
     src.add_argument("--size", type=_positive_int, default=256, help="generated: scene side in HR pixels "
                                                                       "(default 256)")
@@ -335,9 +337,8 @@ def run(args) -> int:
 
     if args.list_srf:
         return list_srf(args)
-    missing = [flag for flag, value in (("--source", args.source), ("--out", args.out)) if value is None]
-    if missing:
-        raise ValueError(f"{'/'.join(missing)}: expected a value (or --list-srf), got none")
+    if args.out is None:
+        args.out = Path("runs") / time.strftime("synth-%Y%m%d-%H%M%S")
     spec = build_spec(args)
     datasets, source, split_by, reports, fit = _datasets(args, spec)
     first = next((d for d in datasets.values() if len(d)), None)

@@ -18,7 +18,7 @@ import math
 
 import pytest
 import torch
-from hypothesis import given, settings
+from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
 from csakd import losses as ref
@@ -353,10 +353,13 @@ def check_kd(student, teacher, rtol=0.0, atol=0.0):
     loss = fused.kd_loss_fused(s, teacher)
     s64 = student.detach().double().requires_grad_(True)
     expected = ref.kd_loss(s64, teacher.double())
-    # magnitude: mean of |max(x,0)| + |x z| + log(1 + e^-|x|) bounds the fp32 rounding of the sum
+    # magnitude: mean of |max(x,0)| + |x z| + log(1 + e^-|x|) bounds the fp32 rounding of the sum. The fp64
+    # oracle rounds too, on terms of |x|'s size: PyTorch's formula (1 - z) x + max(-x, 0) + log(...) cancels them,
+    # so at x = -35.4, z = 8e-23 it gives 0 where the loss is 4.248e-16 (the fused kernel's value; drawn example).
     x, z = s64.detach(), torch.sigmoid(teacher.double())
     mag = (x.clamp_min(0) + (x * z).abs() + torch.log1p(torch.exp(-x.abs()))).mean()
-    assert abs(loss.item() - expected.item()) <= 1e-5 * mag.item()
+    oracle_rounding = 16 * 2.0 ** -53 * (x.abs() + 1).mean()
+    assert abs(loss.item() - expected.item()) <= 1e-5 * mag.item() + oracle_rounding.item()
     loss.backward(torch.full_like(loss, 1.5))
     expected.backward(torch.full_like(expected, 1.5))
     # per element |sigmoid(x)| + |z| over n: both sigmoids carry fp32 rounding
@@ -367,6 +370,7 @@ def check_kd(student, teacher, rtol=0.0, atol=0.0):
 @pytest.mark.filterwarnings("ignore:overflow:RuntimeWarning")  # exp(-x) of the interpreter's sigmoid: 1/(1+inf) = 0
 @given(shape=st.lists(st.integers(1, 9), min_size=1, max_size=4), scale=st.sampled_from([0.5, 4.0, 30.0]),
        seed=st.integers(0, 2 ** 16))
+@example(shape=[1], scale=30.0, seed=1136)
 def test_kd_matches_reference(shape, scale, seed):
     g = torch.Generator().manual_seed(seed)
     check_kd(scale * torch.randn(shape, generator=g), scale * torch.randn(shape, generator=g))

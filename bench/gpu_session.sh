@@ -11,6 +11,8 @@ mkdir -p "$OUT"
 export PYTHONUNBUFFERED=1 HYPOTHESIS_PROFILE=${HYPOTHESIS_PROFILE:-gpu}
 # Triton's compiled kernels in an ignored folder of the checkout: kept between calls while the machine is warm.
 export TRITON_CACHE_DIR=${TRITON_CACHE_DIR:-$PWD/.cache/triton}
+# The verdicts of the checks behind backend "auto" (csakd info --verify): kept with the results.
+export CSAKD_CACHE_DIR=${CSAKD_CACHE_DIR:-$OUT/csakd-cache}
 log() { echo "=== $(date -u +%H:%M:%S) $*" | tee -a "$OUT/session.log"; }
 
 for stage in "$@"; do
@@ -24,7 +26,15 @@ for stage in "$@"; do
       log build
       CSAKD_BUILD_CUDA=${CSAKD_BUILD_CUDA:-1} MAX_JOBS=16 python3 -m pip install --no-build-isolation --no-deps --no-index -e . \
         >"$OUT/build.log" 2>&1; echo "build rc=$?" | tee -a "$OUT/session.log"
-      python3 -m csakd info 2>&1 | tee -a "$OUT/session.log" ;;
+      python3 -m csakd info 2>&1 | tee -a "$OUT/session.log"
+      # The equivalence checks that gate "auto" (forward and backward of each fast op against the reference at the
+      # student's and the teacher's widths), in bf16 and fp32: a failure here is a bug to fix before any timing.
+      for preset in student teacher; do
+        for precision in bf16 fp32; do
+          python3 -m csakd info --verify --device cuda --precision "$precision" --preset "$preset" 2>&1 \
+            | tail -n 4 | tee -a "$OUT/session.log"
+        done
+      done ;;
     tests)
       # The GPU-marked property tests (larger shapes, bf16/fp16 on CUDA), then the device-aware suites.
       # The interpreter-only CPU variants of the kernel tests run in CI.
@@ -35,6 +45,7 @@ for stage in "$@"; do
       tail -n 15 "$OUT/pytest_gpu.log"
       CSAKD_AUTOTUNE=0 timeout "${TEST_TIMEOUT:-300}" python3 -X faulthandler -m pytest -q -p no:cacheprovider tests/test_backends.py \
         tests/test_models.py tests/test_losses.py tests/test_metrics.py tests/test_io.py tests/test_inference.py \
+        tests/test_flows.py tests/test_wiring.py tests/ops/test_verify.py tests/train/test_train_fuse.py \
         >"$OUT/pytest_device.log" 2>&1; echo "pytest device-aware rc=$?" | tee -a "$OUT/session.log"
       tail -n 15 "$OUT/pytest_device.log" ;;
     latency)

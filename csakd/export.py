@@ -12,6 +12,10 @@ translation. A .pt2 may instead keep a fast backend's custom ops (`backend="cuda
 which torch.export traces through their fake implementations); loading such a file needs the modules that
 register those ops (listed in the card).
 
+`scene_attention=True` (CSA mode "attention") adds a third input, "attention" (1, heads, d, d): the attention the
+CSA applies instead of computing its own from the input, as tiled fusion of a large scene does with the scene's
+attention (`csakd fuse --runtime`).
+
 Batch size and the LR's height and width are dynamic; the HR-MSI's and the output's are scale times those
 (derived dimensions "s*h", "s*w"). Before the file is moved into place it is run (onnxruntime on the CPU, or
 `torch.export.load(...).module()`) on fixed sample inputs at two spatial sizes and two batch sizes and compared
@@ -42,6 +46,7 @@ from ._files import replace, temp_path
 
 FORMATS = {"onnx": ".onnx", "pt2": ".pt2"}
 INPUT_NAMES = ("lr_hsi", "hr_msi")
+ATTENTION_INPUT = "attention"
 OUTPUT_NAMES = ("hr_hsi",)
 # Opset 18 is the oldest the exporter writes natively (older ones go through the version converter) and is
 # run by every onnxruntime since 1.14, so it is the most widely loadable choice.
@@ -111,7 +116,7 @@ def card_path(path) -> Path:
 
 
 def export(model, path, format: str | None = None, *, opset: int | None = None, backend: str = "reference",
-           source: str | None = None) -> ExportResult:
+           source: str | None = None, scene_attention: bool = False) -> ExportResult:
     """Exports `model` (a DTSNet) to `path` as ONNX (`format="onnx"`) or as a torch.export program saved with
     `torch.export.save` (`format="pt2"`); None takes the format from the extension (.onnx, .pt2).
 
@@ -126,6 +131,9 @@ def export(model, path, format: str | None = None, *, opset: int | None = None, 
     ValueError and nothing is written. Otherwise the file is renamed into place atomically, with the model
     card `<path>.card.json` beside it (`source`, e.g. the checkpoint, is recorded there). Missing parent
     folders are created. Returns the paths, the figures of each check and the card.
+
+    `scene_attention=True` (CSA mode "attention" only) exports `model(lr_hsi, hr_msi, attention=attention)` with
+    the attention as a third input of shape (1, heads, d, d); the checks then give each sample an attention too.
     """
     from .models import DTSNet
     from .ops.backend import BACKENDS
@@ -150,22 +158,27 @@ def export(model, path, format: str | None = None, *, opset: int | None = None, 
         raise ValueError(f"opset: applies to format 'onnx' only, got opset {opset!r} with format {format!r}")
     if path.is_dir():
         raise ValueError(f"path: expected a file name, got the folder {str(path)!r}")
+    if scene_attention and model.config.csa != "attention":
+        raise ValueError(f"scene_attention: applies to CSA mode 'attention' only (the others take no attention), "
+                         f"got a model in mode {model.config.csa!r}")
 
     created = _make_parents(path.parent)  # first: a wrong output folder fails before the slow work
     tmp = card_tmp = None
     try:
         reference = _cpu_copy(model, "reference")
         exported_model = reference if backend == "reference" else _cpu_copy(model, backend)
-        samples = sample_inputs(reference.config)
+        if scene_attention:
+            reference, exported_model = _WithAttention(reference), _WithAttention(exported_model)
+        samples = sample_inputs(reference.config, attention=scene_attention)
         with torch.no_grad():
-            expected = [reference(lr, msi) for lr, msi in samples]
+            expected = [reference(*sample) for sample in samples]
         tmp = temp_path(path)
         if format == "onnx":
             info = _write_onnx(exported_model, tmp, opset)
         else:
             info = _write_pt2(exported_model, tmp, backend)
         outputs = run_file(format, tmp, samples)
-        checks = tuple(_compare(lr, out, ref) for (lr, _), out, ref in zip(samples, outputs, expected))
+        checks = tuple(_compare(sample[0], out, ref) for sample, out, ref in zip(samples, outputs, expected))
         worst = max(checks, key=lambda c: c.rel_l2)
         if not worst.rel_l2 <= MAX_REL_L2:  # also refuses NaN
             raise ValueError(
@@ -173,7 +186,8 @@ def export(model, path, format: str | None = None, *, opset: int | None = None, 
                 f"{worst.rel_l2:.3g} > bound {MAX_REL_L2:g} at batch {worst.batch}, LR {worst.lr_size[0]}x"
                 f"{worst.lr_size[1]} (max abs error {worst.max_abs:.3g}); nothing written to {str(path)!r}")
         seconds = time.perf_counter() - start
-        card = model_card(reference.config, path, format, backend, info, checks, seconds, tmp, source)
+        card = model_card(reference.config, path, format, backend, info, checks, seconds, tmp, source,
+                          scene_attention)
         card_tmp = temp_path(card_path(path))
         card_tmp.write_text(json.dumps(card, indent=2) + "\n")
         replace(tmp, path, sync_folder=False)
@@ -236,22 +250,55 @@ def _cpu_copy(model, backend: str):
     return twin.eval()
 
 
-def sample_inputs(config, sizes=SAMPLE_SIZES, seed: int = SAMPLE_SEED) -> list[tuple[torch.Tensor, torch.Tensor]]:
+class _WithAttention(torch.nn.Module):
+    """`net(lr_hsi, hr_msi, attention=attention)` with the attention as a positional input, for the exporters."""
+
+    def __init__(self, net):
+        super().__init__()
+        self.net, self.config = net, net.config
+        self.train(net.training)
+
+    def forward(self, lr_hsi, hr_msi, attention):
+        return self.net(lr_hsi, hr_msi, attention=attention)
+
+
+def attention_shape(config) -> tuple[int, int, int, int]:
+    """The shape of a given CSA attention for `config`: (1, heads, d, d)."""
+    d = config.attn_dim // config.heads
+    return (1, config.heads, d, d)
+
+
+def sample_inputs(config, sizes=SAMPLE_SIZES, seed: int = SAMPLE_SEED,
+                  attention: bool = False) -> list[tuple[torch.Tensor, ...]]:
     """Deterministic (lr_hsi, hr_msi) pairs for `config` at (batch, h, w) each: uniform in [0, 1), the range
-    the network sees after normalisation."""
+    the network sees after normalisation; with `attention`, a third element, a softmax over random logits."""
     generator = torch.Generator().manual_seed(seed)
     s = config.scale
-    return [(torch.rand(b, config.bands, h, w, generator=generator),
-             torch.rand(b, config.msi_bands, s * h, s * w, generator=generator)) for b, h, w in sizes]
+    samples = []
+    for b, h, w in sizes:
+        sample = (torch.rand(b, config.bands, h, w, generator=generator),
+                  torch.rand(b, config.msi_bands, s * h, s * w, generator=generator))
+        if attention:
+            sample += (torch.randn(attention_shape(config), generator=generator).softmax(-1),)
+        samples.append(sample)
+    return samples
 
 
-def dynamic_shapes(scale: int) -> dict:
-    """torch.export dynamic shapes of the forward's inputs: batch, h and w free, the HR sizes scale*h, scale*w.
-    (Derived dimensions keep the network's own shape check, HR = scale x LR, provable while tracing.)"""
+def dynamic_shapes(scale: int, attention: bool = False) -> dict:
+    """torch.export dynamic shapes of the forward's inputs: batch, h and w free, the HR sizes scale*h, scale*w,
+    a given attention static. (Derived dimensions keep the network's own shape check, HR = scale x LR, provable
+    while tracing.)"""
     from torch.export import Dim
 
     batch, h, w = Dim("batch", min=1), Dim("h", min=1), Dim("w", min=1)
-    return {"lr_hsi": {0: batch, 2: h, 3: w}, "hr_msi": {0: batch, 2: scale * h, 3: scale * w}}
+    shapes = {"lr_hsi": {0: batch, 2: h, 3: w}, "hr_msi": {0: batch, 2: scale * h, 3: scale * w}}
+    if attention:
+        shapes[ATTENTION_INPUT] = None
+    return shapes
+
+
+def _has_attention_input(model) -> bool:
+    return isinstance(model, _WithAttention)
 
 
 def _one_line(exc: BaseException) -> str:
@@ -279,8 +326,9 @@ def _quiet_exporter():
 
 
 def _trace(model):
-    return torch.export.export(model, sample_inputs(model.config, (TRACE_SIZE,))[0],
-                               dynamic_shapes=dynamic_shapes(model.config.scale))
+    attention = _has_attention_input(model)
+    return torch.export.export(model, sample_inputs(model.config, (TRACE_SIZE,), attention=attention)[0],
+                               dynamic_shapes=dynamic_shapes(model.config.scale, attention))
 
 
 # ---- writers --------------------------------------------------------------------------------------------------
@@ -291,12 +339,14 @@ def _write_onnx(model, tmp: Path, opset: int) -> dict:
     nbytes = sum(p.numel() * p.element_size() for p in model.parameters())
     if nbytes > ONNX_MAX_BYTES:
         raise ValueError(f"model: expected weights under 2 GiB for a single ONNX file, got {nbytes / 2**30:.2f} GiB")
-    example = sample_inputs(model.config, (TRACE_SIZE,))[0]
+    attention = _has_attention_input(model)
+    names = INPUT_NAMES + ((ATTENTION_INPUT,) if attention else ())
+    example = sample_inputs(model.config, (TRACE_SIZE,), attention=attention)[0]
     try:
         with _quiet_exporter():
             program = torch.onnx.export(model, example, None, dynamo=True, verbose=False, opset_version=opset,
-                                        input_names=list(INPUT_NAMES), output_names=list(OUTPUT_NAMES),
-                                        dynamic_shapes=dynamic_shapes(model.config.scale))
+                                        input_names=list(names), output_names=list(OUTPUT_NAMES),
+                                        dynamic_shapes=dynamic_shapes(model.config.scale, attention))
             program.save(tmp, external_data=False)
     except Exception as exc:
         raise ValueError(f"model: the ONNX exporter failed at opset {opset} ({_one_line(exc)})") from exc
@@ -306,8 +356,8 @@ def _write_onnx(model, tmp: Path, opset: int) -> dict:
         raise ValueError(f"opset: expected the file at opset {opset}, got {written.get('ai.onnx')}")
     inputs = tuple(i.name for i in proto.graph.input)
     outputs = tuple(o.name for o in proto.graph.output)
-    if inputs != INPUT_NAMES or outputs != OUTPUT_NAMES:
-        raise ValueError(f"model: expected inputs {INPUT_NAMES} and outputs {OUTPUT_NAMES} in the ONNX graph, "
+    if inputs != names or outputs != OUTPUT_NAMES:
+        raise ValueError(f"model: expected inputs {names} and outputs {OUTPUT_NAMES} in the ONNX graph, "
                          f"got {inputs} and {outputs}")
     return {"opset": opset, "operators": sorted({f"{n.domain + '::' if n.domain else ''}{n.op_type}"
                                                  for n in proto.graph.node})}
@@ -341,17 +391,19 @@ def _call_targets(program):
 # ---- verification ---------------------------------------------------------------------------------------------
 
 def run_file(format: str, path: Path, samples) -> list[torch.Tensor]:
-    """Runs an exported file on each (lr_hsi, hr_msi) of `samples`: onnxruntime's CPU provider for ONNX, the
-    loaded program's module for .pt2."""
+    """Runs an exported file on each (lr_hsi, hr_msi[, attention]) of `samples`: onnxruntime's CPU provider for
+    ONNX, the loaded program's module for .pt2."""
     if format == "onnx":
         import onnxruntime
 
         session = onnxruntime.InferenceSession(str(path), providers=["CPUExecutionProvider"])
-        return [torch.from_numpy(session.run(list(OUTPUT_NAMES), {"lr_hsi": lr.numpy(), "hr_msi": msi.numpy()})[0])
-                for lr, msi in samples]
+        names = INPUT_NAMES + (ATTENTION_INPUT,)
+        return [torch.from_numpy(session.run(list(OUTPUT_NAMES),
+                                             {n: x.numpy() for n, x in zip(names, sample)})[0])
+                for sample in samples]
     module = torch.export.load(path).module()
     with torch.no_grad():
-        return [module(lr, msi) for lr, msi in samples]
+        return [module(*sample) for sample in samples]
 
 
 def _compare(lr: torch.Tensor, out: torch.Tensor, ref: torch.Tensor) -> Check:
@@ -366,7 +418,7 @@ def _compare(lr: torch.Tensor, out: torch.Tensor, ref: torch.Tensor) -> Check:
 # ---- the model card -------------------------------------------------------------------------------------------
 
 def model_card(config, path: Path, format: str, backend: str, info: dict, checks, seconds: float, written: Path,
-               source: str | None) -> dict:
+               source: str | None, scene_attention: bool = False) -> dict:
     """What a deployment needs to know about the exported file (the fields are listed in docs/deploy.md)."""
     from . import __version__
 
@@ -391,7 +443,10 @@ def model_card(config, path: Path, format: str, backend: str, info: dict, checks
         "csa": config.csa,
         "normalisation": _normalisation(config),
         "inputs": [{"name": "lr_hsi", "shape": ["batch", c, "h", "w"], "dtype": "float32"},
-                   {"name": "hr_msi", "shape": ["batch", m, f"{s}*h", f"{s}*w"], "dtype": "float32"}],
+                   {"name": "hr_msi", "shape": ["batch", m, f"{s}*h", f"{s}*w"], "dtype": "float32"}]
+        + ([{"name": ATTENTION_INPUT, "shape": list(attention_shape(config)), "dtype": "float32",
+             "meaning": "the CSA attention applied instead of the input's own (a scene's, for tiled fusion)"}]
+           if scene_attention else []),
         "outputs": [{"name": "hr_hsi", "shape": dims, "dtype": "float32"}],
         "layout": "NCHW",
         "dtype": "float32",
@@ -462,6 +517,6 @@ class _CallableModule(types.ModuleType):
 
 sys.modules[__name__].__class__ = _CallableModule
 
-__all__ = ["CARD_SUFFIX", "Check", "DEFAULT_OPSET", "ExportResult", "FORMATS", "INPUT_NAMES", "MAX_REL_L2",
-           "OUTPUT_NAMES", "SAMPLE_SIZES", "card_path", "dynamic_shapes", "export", "model_card", "run_file",
+__all__ = ["ATTENTION_INPUT", "CARD_SUFFIX", "Check", "DEFAULT_OPSET", "ExportResult", "FORMATS", "INPUT_NAMES", "MAX_REL_L2",
+           "OUTPUT_NAMES", "SAMPLE_SIZES", "attention_shape", "card_path", "dynamic_shapes", "export", "model_card", "run_file",
            "sample_inputs"]

@@ -2,6 +2,8 @@
 to georeferenced files."""
 from __future__ import annotations
 
+import contextlib
+import tempfile
 import time
 from pathlib import Path
 
@@ -31,10 +33,15 @@ def _srf_for(checkpoint, lr) -> "object | None":
 def fuse_files(checkpoint, lr_path, msi_path, out_path, network: str | None = None, tile: int = 64,
                overlap: int = 8, device: str = "auto", precision: str = "auto", backend: str | None = None,
                lr_key: str | None = None, msi_key: str | None = None, clip: str = "auto", msi_scale: float = 1.0,
-               resample_msi: bool = False, cog: bool = False, progress: bool = True) -> Path:
+               resample_msi: bool = False, cog: bool = False, progress: bool = True, runtime: str = "torch") -> Path:
     """Fuses the LR-HSI and HR-MSI files into the HR-HSI at `out_path`, in the LR-HSI's units and grid (see
-    `csakd fuse --help`). Every input is checked before the output exists; a failure leaves no output."""
+    `csakd fuse --help`). Every input is checked before the output exists; a failure leaves no output.
+    `runtime` other than "torch" runs the per-tile network from an ONNX export of it
+    (`csakd.inference.runtime.ExportedNetwork`)."""
+    import torch
+
     from ..inference.precision import inference_dtype, set_precision
+    from ..inference.runtime import ExportedNetwork, check_runtime
     from ..inference.scene import (Product, RasterInput, Scaled, clip_policy, hr_transform, open_input,
                                    output_format, same_file, value_range)
     from ..inference.tiled import check_fuse_inputs, fuse_scene
@@ -57,7 +64,9 @@ def fuse_files(checkpoint, lr_path, msi_path, out_path, network: str | None = No
     cfg, s = model.config, model.config.scale
     lr = open_input(lr_path, lr_key, "lr_hsi")
     msi = open_input(msi_path, msi_key, "hr_msi")
-    try:
+    with contextlib.ExitStack() as stack:
+        stack.callback(msi.close)
+        stack.callback(lr.close)
         rasters = isinstance(lr, RasterInput) and isinstance(msi, RasterInput)
         if resample_msi and not (rasters and lr.georeferenced and msi.georeferenced):
             raise ValueError("resample_msi: expected a georeferenced LR-HSI and HR-MSI (GeoTIFF/COG or ENVI with a "
@@ -84,7 +93,15 @@ def fuse_files(checkpoint, lr_path, msi_path, out_path, network: str | None = No
         check_fuse_inputs(model, lr_in, msi_in, tile, overlap)
         _check_units(lr, msi, msi_scale, s, _srf_for(checkpoint, lr))
         torch_device = pick_device(device)
-        set_precision(model.to(torch_device), inference_dtype(precision, torch_device, auto="native-bf16"))
+        if runtime == "onnxruntime" and precision == "auto":
+            precision = "fp32"  # onnxruntime runs the fp32 graph
+        dtype = inference_dtype(precision, torch_device, auto="native-bf16")
+        runtime_precision = {torch.float32: "fp32", torch.bfloat16: "bf16", torch.float16: "fp16"}[dtype]
+        check_runtime(runtime, runtime_precision, torch_device)
+        set_precision(model.to(torch_device), dtype)
+        if runtime != "torch":  # exported and verified before the output exists
+            workspace = stack.enter_context(tempfile.TemporaryDirectory(prefix="csakd-fuse-"))
+            model = ExportedNetwork(model, runtime, runtime_precision, workspace)
         output_file(out_path, "out")
         shape = (cfg.bands, lr.shape[1] * s, lr.shape[2] * s)
         product = dict(lo=lo, hi=hi, clip=clip_policy(clip, lo_data), lr=lr, msi=msi, scale=s)
@@ -98,9 +115,6 @@ def fuse_files(checkpoint, lr_path, msi_path, out_path, network: str | None = No
                               name="out") as writer:
                 fuse_scene(model, lr_in, msi_in, tile=tile, overlap=overlap, device=torch_device,
                            out=Product(writer, **product), progress=progress)
-    finally:
-        lr.close()
-        msi.close()
     return out_path
 
 
@@ -146,7 +160,8 @@ def run(args) -> int:
     t0 = time.perf_counter()
     path = fuse_files(args.checkpoint, args.lr_hsi, args.hr_msi, args.out, args.network, args.tile, args.overlap,
                       args.device, args.precision, args.backend, args.lr_key, args.msi_key, args.clip,
-                      args.msi_scale, args.resample_msi, args.cog, progress=not args.no_progress)
+                      args.msi_scale, args.resample_msi, args.cog, progress=not args.no_progress,
+                      runtime=args.runtime)
     print(f"wrote {path} in {time.perf_counter() - t0:.1f} s")
     return 0
 
@@ -194,6 +209,11 @@ def register(subparsers) -> None:
                              "else fp32)")
     parser.add_argument("--backend", default=None,
                         help="kernels: reference, triton, cuda or auto (default: the process default)")
+    parser.add_argument("--runtime", choices=("torch", "onnxruntime", "openvino"), default="torch",
+                        help="what runs the network on each tile: torch (default), or onnxruntime / openvino "
+                             "(CPU) on an ONNX export of it made and verified at the start; the scene's attention "
+                             "statistics are still gathered in PyTorch. onnxruntime runs fp32; openvino fp32 or "
+                             "bf16 (--precision; auto as for torch). docs/deploy.md compares their speed")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
     parser.set_defaults(func=run)
 

@@ -124,3 +124,53 @@ def test_a_dataset_item_needs_a_key(scene, tmp_path, capsys):
 def test_an_output_folder_that_cannot_be_made_names_the_argument(scene, tmp_path, capsys):
     (tmp_path / "taken").write_text("a file where the output folder should be")
     _refused(capsys, _fuse(scene, tmp_path / "taken" / "fused.tif"), "out: cannot create", "taken")
+
+
+def _rel_l2(a, b):
+    return float(np.linalg.norm((a.astype(np.float64) - b)) / np.linalg.norm(b.astype(np.float64)))
+
+
+@pytest.mark.parametrize("runtime", ["onnxruntime", "openvino"])
+def test_another_runtime_gives_the_torch_product(scene, tmp_path, runtime):
+    """--runtime runs each tile through a verified ONNX export that takes the scene's attention as an input."""
+    if runtime == "openvino":
+        pytest.importorskip("openvino")
+    assert _fuse(scene, tmp_path / "torch.npy", "--precision", "fp32") == 0
+    assert _fuse(scene, tmp_path / "other.npy", "--precision", "fp32", "--runtime", runtime) == 0
+    expected, got = np.load(tmp_path / "torch.npy"), np.load(tmp_path / "other.npy")
+    assert got.shape == expected.shape == (48, 40, BANDS)
+    assert _rel_l2(got, expected) <= csakd.export.MAX_REL_L2
+    if runtime == "openvino":
+        assert _fuse(scene, tmp_path / "bf16.npy", "--precision", "bf16", "--runtime", runtime) == 0
+        assert _rel_l2(np.load(tmp_path / "bf16.npy"), expected) <= 8 * 2.0 ** -8  # the suite's bf16 bound
+
+
+def test_a_runtime_that_cannot_run_the_precision_is_refused(scene, tmp_path, capsys):
+    out = tmp_path / "fused.npy"
+    _refused(capsys, _fuse(scene, out, "--runtime", "onnxruntime", "--precision", "bf16"),
+             "precision: runtime 'onnxruntime' runs fp32")
+    assert not out.exists()
+
+
+@pytest.mark.parametrize("runtime", ["onnxruntime", "openvino"])
+def test_the_exported_network_applies_the_attention_it_is_given(tmp_path, runtime):
+    if runtime == "openvino":
+        pytest.importorskip("openvino")
+    from csakd.inference.runtime import ExportedNetwork
+
+    torch.manual_seed(0)
+    model = csakd.create("student_tiny", bands=8, msi_bands=4).eval()
+    network = ExportedNetwork(model, runtime, "fp32", tmp_path)
+    assert network.config is model.config and network.query_key_features == model.query_key_features
+    lr, msi = torch.rand(1, 8, 12, 12), torch.rand(1, 4, 48, 48)
+    outputs = []
+    for seed in (1, 2):
+        attention = torch.randn(1, 4, 8, 8, generator=torch.Generator().manual_seed(seed)).mul(3).softmax(-1)
+        with torch.no_grad():
+            expected = model(lr, msi, attention=attention)
+        got = network(lr, msi, attention=attention)
+        assert float((got - expected).norm() / expected.norm()) <= csakd.export.MAX_REL_L2
+        outputs.append(got)
+    assert float((outputs[0] - outputs[1]).norm() / outputs[0].norm()) > 1e-3
+    with pytest.raises(ValueError, match="attention:"):
+        network(lr, msi)

@@ -352,12 +352,37 @@ def test_cli_errors_are_one_line(tmp_path, capsys):
     assert sorted(p.name for p in tmp_path.iterdir()) == ["model.safetensors", "taken"]
 
 
+def test_cli_scene_attention_adds_the_attention_input(tmp_path, capsys):
+    saved = tmp_path / "model.safetensors"
+    model = tiny("student_tiny")
+    model.save(saved)
+    out = tmp_path / "scene.onnx"
+    assert main(["export", "--checkpoint", str(saved), "--format", "onnx", "--out", str(out),
+                 "--scene-attention"]) == 0
+    card = json.loads((tmp_path / "scene.onnx.card.json").read_text())
+    assert [i["name"] for i in card["inputs"]] == ["lr_hsi", "hr_msi", "attention"]
+    assert card["inputs"][2]["shape"] == [1, 4, 8, 8]
+    session = onnxruntime.InferenceSession(str(out), providers=["CPUExecutionProvider"])
+    loaded = csakd.load(saved).eval()
+    lr, msi = own_samples(loaded.config)[0]
+    attention = torch.randn(1, 4, 8, 8, generator=torch.Generator().manual_seed(3)).softmax(-1)
+    (fused,) = session.run(None, {"lr_hsi": lr.numpy(), "hr_msi": msi.numpy(), "attention": attention.numpy()})
+    with torch.no_grad():
+        assert rel_l2(fused, loaded(lr, msi, attention=attention)) <= BOUND
+    reference_mode = tmp_path / "reference.safetensors"
+    tiny("student_tiny", "reference").save(reference_mode)
+    assert _cli_error(["export", "--checkpoint", str(reference_mode), "--format", "onnx", "--out",
+                       str(tmp_path / "r.onnx"), "--scene-attention"], capsys).startswith(
+        "csakd export: error: scene_attention: applies to CSA mode 'attention' only")
+    assert not (tmp_path / "r.onnx").exists()
+
+
 def test_cli_help_lists_every_option(capsys):
     with pytest.raises(SystemExit) as exit_info:
         main(["export", "--help"])
     assert exit_info.value.code == 0
     text = capsys.readouterr().out
-    for option in ("--checkpoint", "--network", "--format", "--out", "--opset", "--backend"):
+    for option in ("--checkpoint", "--network", "--format", "--out", "--opset", "--backend", "--scene-attention"):
         assert option in text
     assert "onnx" in text and "pt2" in text and "student,teacher" in text
 

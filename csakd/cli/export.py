@@ -8,7 +8,7 @@ FORMATS = ("onnx", "pt2")
 
 
 def export_checkpoint(checkpoint, out, format: str, network: str | None = None, opset: int | None = None,
-                      backend: str = "reference"):
+                      backend: str = "reference", scene_attention: bool = False):
     """Loads the network of `checkpoint` (a .safetensors model file, a checkpoint folder or a run folder;
     `network` picks student or teacher in a folder, default student) and exports it to `out`."""
     from .. import export as export_module
@@ -28,11 +28,13 @@ def export_checkpoint(checkpoint, out, format: str, network: str | None = None, 
                          f"single-network file {str(checkpoint)!r}")
     model_file = resolve_model_file(checkpoint, network or "student")
     model = load_model(model_file, backend="reference")
-    return export_module.export(model, out, format, opset=opset, backend=backend, source=str(model_file))
+    return export_module.export(model, out, format, opset=opset, backend=backend, source=str(model_file),
+                                scene_attention=scene_attention)
 
 
 def run(args) -> int:
-    result = export_checkpoint(args.checkpoint, args.out, args.format, args.network, args.opset, args.backend)
+    result = export_checkpoint(args.checkpoint, args.out, args.format, args.network, args.opset, args.backend,
+                               args.scene_attention)
     card = result.card
     what = f"ONNX opset {result.opset}" if result.format == "onnx" else "torch.export program"
     graph = f"backend {result.backend}: {card['custom_ops']}" if card.get("custom_ops") else "reference path"
@@ -75,6 +77,10 @@ def register(subparsers) -> None:
                         help="implementation traced into the graph (default reference). ONNX takes reference only; "
                              "a .pt2 may keep the custom ops of a fast backend (cuda: the C++ CLRB op), which its "
                              "user must load (see the model card's requires_imports)")
+    parser.add_argument("--scene-attention", action="store_true",
+                        help="CSA mode 'attention' only: the graph takes a third input, 'attention' (1, heads, d, d), "
+                             "applied instead of the input's own, for fusing a large scene in tiles with the scene's "
+                             "attention (as csakd fuse does; see the model card)")
     parser.set_defaults(func=run)
 
 

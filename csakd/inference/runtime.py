@@ -20,7 +20,9 @@ import numpy as np
 import torch
 
 RUNTIMES = ("torch", "onnxruntime", "openvino")
-_PACKAGES = {"onnxruntime": ("onnx", "onnxscript", "onnxruntime"), "openvino": ("onnx", "onnxscript", "openvino")}
+# The export needs onnx and onnxscript, and checks the file in onnxruntime, whichever runtime then runs it.
+_PACKAGES = {"onnxruntime": ("onnx", "onnxscript", "onnxruntime"),
+             "openvino": ("onnx", "onnxscript", "onnxruntime", "openvino")}
 _PRECISIONS = {"onnxruntime": ("fp32",), "openvino": ("fp32", "bf16")}
 
 

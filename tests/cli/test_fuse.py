@@ -174,3 +174,19 @@ def test_the_exported_network_applies_the_attention_it_is_given(tmp_path, runtim
     assert float((outputs[0] - outputs[1]).norm() / outputs[0].norm()) > 1e-3
     with pytest.raises(ValueError, match="attention:"):
         network(lr, msi)
+
+
+def test_check_runtime_names_what_is_missing(monkeypatch):
+    from csakd.inference import runtime
+
+    cpu = torch.device("cpu")
+    runtime.check_runtime("torch", "bf16", cpu)
+    with pytest.raises(ValueError, match="runtime: 'onnxruntime' runs on the CPU"):
+        runtime.check_runtime("onnxruntime", "fp32", torch.device("cuda"))
+    with pytest.raises(ValueError, match="runtime: expected one of"):
+        runtime.check_runtime("tensorrt", "fp32", cpu)
+    with pytest.raises(ValueError, match="precision: runtime 'openvino' runs fp32 or bf16, got 'fp16'"):
+        runtime.check_runtime("openvino", "fp16", cpu)
+    monkeypatch.setattr(runtime, "_installed", lambda package: None if package == "openvino" else "1.0")
+    with pytest.raises(ValueError, match="missing openvino \\(pip install openvino\\)"):
+        runtime.check_runtime("openvino", "fp32", cpu)

@@ -456,7 +456,8 @@ def model_card(config, path: Path, format: str, backend: str, info: dict, checks
             "against": "the eager model, backend 'reference', float32, CPU",
             "runtime": ("onnxruntime CPUExecutionProvider" if format == "onnx" else
                         "torch.export.load(...).module(), CPU"),
-            "inputs": f"uniform [0, 1), torch.Generator seed {SAMPLE_SEED}",
+            "inputs": f"uniform [0, 1), torch.Generator seed {SAMPLE_SEED}"
+                      + ("; attention: softmax of standard normal logits" if scene_attention else ""),
             "bound_rel_l2": MAX_REL_L2,
             "checks": [check.to_dict() for check in checks],
         },
@@ -517,6 +518,6 @@ class _CallableModule(types.ModuleType):
 
 sys.modules[__name__].__class__ = _CallableModule
 
-__all__ = ["ATTENTION_INPUT", "CARD_SUFFIX", "Check", "DEFAULT_OPSET", "ExportResult", "FORMATS", "INPUT_NAMES", "MAX_REL_L2",
-           "OUTPUT_NAMES", "SAMPLE_SIZES", "attention_shape", "card_path", "dynamic_shapes", "export", "model_card", "run_file",
-           "sample_inputs"]
+__all__ = ["ATTENTION_INPUT", "CARD_SUFFIX", "Check", "DEFAULT_OPSET", "ExportResult", "FORMATS", "INPUT_NAMES",
+           "MAX_REL_L2", "OUTPUT_NAMES", "SAMPLE_SIZES", "attention_shape", "card_path", "dynamic_shapes", "export",
+           "model_card", "run_file", "sample_inputs"]

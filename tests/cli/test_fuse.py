@@ -180,6 +180,7 @@ def test_check_runtime_names_what_is_missing(monkeypatch):
     from csakd.inference import runtime
 
     cpu = torch.device("cpu")
+    monkeypatch.setattr(runtime, "_installed", lambda package: "1.0")  # the refusals below, whatever is installed
     runtime.check_runtime("torch", "bf16", cpu)
     with pytest.raises(ValueError, match="runtime: 'onnxruntime' runs on the CPU"):
         runtime.check_runtime("onnxruntime", "fp32", torch.device("cuda"))

@@ -30,7 +30,7 @@ if not torch.cuda.is_available():
     os.environ.setdefault("TRITON_INTERPRET", "1")
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import (RESULTS, add_kernel_bench_args, best_device, environment, measured_ceilings,  # noqa: E402
+from _common import (add_kernel_bench_args, best_device, environment, measured_ceilings,  # noqa: E402
                      time_fn, write_json)
 
 from csakd.kernels import csa as fused  # noqa: E402

@@ -45,6 +45,7 @@ from _common import (best_device, environment, measured_ceilings, peak_rss_mb, r
 
 import csakd  # noqa: E402
 from csakd import ops  # noqa: E402
+from csakd.inference.precision import precision_name  # noqa: E402
 from csakd.losses import LossWeights  # noqa: E402
 from csakd.models import count_macs  # noqa: E402
 
@@ -250,8 +251,7 @@ def _torch_row(kind: str, spec: dict, args, lr, msi):
     extra = {}
     if kind in ("csakd-auto", "csakd-fp32"):
         model.prepare("auto" if kind == "csakd-auto" else torch.float32)
-        names = {torch.float32: "fp32", torch.bfloat16: "bf16", torch.float16: "fp16"}
-        extra = {"compute_dtype": names[model.inference_dtype], "layout": model._prepared.layout}
+        extra = {"compute_dtype": precision_name(model.inference_dtype), "layout": model._prepared.layout}
     elif kind.startswith("channels-last"):
         cl = torch.channels_last
         model.to(memory_format=cl)

@@ -38,10 +38,8 @@ def fuse_files(checkpoint, lr_path, msi_path, out_path, network: str | None = No
     `csakd fuse --help`). Every input is checked before the output exists; a failure leaves no output.
     `runtime` other than "torch" runs the per-tile network from an ONNX export of it
     (`csakd.inference.runtime.ExportedNetwork`)."""
-    import torch
-
-    from ..inference.precision import inference_dtype, set_precision
-    from ..inference.runtime import ExportedNetwork, check_runtime
+    from ..inference.precision import inference_dtype, precision_name, set_precision
+    from ..inference.runtime import ExportedNetwork, auto_rule, check_runtime
     from ..inference.scene import (Product, RasterInput, Scaled, clip_policy, hr_transform, open_input,
                                    output_format, same_file, value_range)
     from ..inference.tiled import check_fuse_inputs, fuse_scene
@@ -93,10 +91,8 @@ def fuse_files(checkpoint, lr_path, msi_path, out_path, network: str | None = No
         check_fuse_inputs(model, lr_in, msi_in, tile, overlap)
         _check_units(lr, msi, msi_scale, s, _srf_for(checkpoint, lr))
         torch_device = pick_device(device)
-        if runtime == "onnxruntime" and precision == "auto":
-            precision = "fp32"  # onnxruntime runs the fp32 graph
-        dtype = inference_dtype(precision, torch_device, auto="native-bf16")
-        runtime_precision = {torch.float32: "fp32", torch.bfloat16: "bf16", torch.float16: "fp16"}[dtype]
+        dtype = inference_dtype(precision, torch_device, auto=auto_rule(runtime))
+        runtime_precision = precision_name(dtype)
         check_runtime(runtime, runtime_precision, torch_device)
         set_precision(model.to(torch_device), dtype)
         if runtime != "torch":  # exported and verified before the output exists

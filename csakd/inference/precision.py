@@ -27,6 +27,11 @@ def inference_dtype(precision: str, device: torch.device, auto: str) -> torch.dt
     return torch.float32
 
 
+def precision_name(dtype: torch.dtype) -> str:
+    """The `--precision` name of a compute dtype: "fp32", "bf16" or "fp16"."""
+    return next(name for name, d in _DTYPES.items() if d == dtype)
+
+
 def set_precision(model, dtype: torch.dtype):
     """`model` ready to run inference in `dtype`: the prepared path for bf16/fp16, the module path for fp32."""
     if dtype == torch.float32:

@@ -26,6 +26,12 @@ _PACKAGES = {"onnxruntime": ("onnx", "onnxscript", "onnxruntime"),
 _PRECISIONS = {"onnxruntime": ("fp32",), "openvino": ("fp32", "bf16")}
 
 
+def auto_rule(runtime: str) -> str:
+    """What `--precision auto` means with `runtime`, as a rule of `csakd.inference.precision.inference_dtype`:
+    bf16 where the device computes it natively if the runtime runs bf16, else fp32."""
+    return "native-bf16" if runtime == "torch" or "bf16" in _PRECISIONS.get(runtime, ()) else "fp32"
+
+
 def check_runtime(runtime: str, precision: str, device: torch.device) -> None:
     """Refuses a runtime csakd cannot run here, naming the option to change."""
     if runtime not in RUNTIMES:
@@ -93,4 +99,4 @@ class ExportedNetwork:
         return torch.from_numpy(np.array(self._run(feeds), dtype=np.float32, copy=True))
 
 
-__all__ = ["ExportedNetwork", "RUNTIMES", "check_runtime"]
+__all__ = ["ExportedNetwork", "RUNTIMES", "auto_rule", "check_runtime"]

@@ -15,7 +15,6 @@ import contextlib
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 
 from ..ops.csa_algebra import AttentionStats, attention_from_stats
 

@@ -68,6 +68,8 @@ def evaluate_dataset(method, dataset, device: torch.device | str = "cpu", amp: t
     """
     predict = network_predictor(method, device, amp) if isinstance(method, torch.nn.Module) else method
     rows, predictions, band_curves = [], [], []
+    if save_to is not None:
+        Path(save_to).mkdir(parents=True, exist_ok=True)
     for index in range(len(dataset)):
         item = dataset[index]
         lr, msi, hr = (as_chw(k, item[k])[None] for k in ("lr_hsi", "hr_msi", "hr_hsi"))
@@ -78,12 +80,11 @@ def evaluate_dataset(method, dataset, device: torch.device | str = "cpu", amp: t
         values = metrics.evaluate_all(pred, hr, scale=hr.shape[-1] // lr.shape[-1])
         rows.append({"name": str(item.get("name", index)), **{k: values[k] for k in METRICS}})
         band_curves.append(band_psnr(pred[0], hr[0]))
+        image = pred[0].float().numpy()
         if index < keep_predictions:
-            predictions.append(pred[0].float().numpy())
+            predictions.append(image)
         if save_to is not None:
-            folder = Path(save_to)
-            folder.mkdir(parents=True, exist_ok=True)
-            np.save(folder / f"{rows[-1]['name']}.npy", pred[0].float().numpy().transpose(1, 2, 0))
+            np.save(Path(save_to) / f"{rows[-1]['name']}.npy", image.transpose(1, 2, 0))
     return {"per_image": rows, "mean": {k: float(np.mean([r[k] for r in rows])) for k in METRICS},
             "band_psnr": np.mean(band_curves, axis=0).tolist(), "predictions": predictions}
 

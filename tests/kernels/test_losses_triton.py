@@ -23,7 +23,6 @@ from hypothesis import strategies as st
 
 from csakd import losses as ref
 from csakd.kernels import losses as fused
-from csakd.kernels import losses_kernels
 from sm90_compile import register_usage
 
 TERMS = ("rec", "beba", "sam", "teacher_rec", "total")
